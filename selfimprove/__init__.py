@@ -1,0 +1,3 @@
+"""selfimprove: label-free self-improvement for language models."""
+
+__version__ = "0.1.0"
