@@ -1,0 +1,770 @@
+"""The run config: one YAML file describes a whole self-training run, validated on load.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error, not a
+silently ignored setting. Errors are turned into :class:`~selfimprove.errors.ConfigError` messages
+that name the YAML file and line, the key path (``training.lora.rank``), what is allowed, and a
+"did you mean" suggestion. Command-line overrides (``key.sub=value``, the value parsed as YAML) are
+merged before validation and checked the same way.
+
+Options that belong to another module (builder keyword arguments, TRL trainer fields) are checked
+against that module's own signature when it is importable, so a typo there is caught at load time
+too instead of after an hour of generation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import inspect
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selfimprove.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    # validate_assignment: overrides applied to a loaded config are checked too.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The policy model that rounds of self-training improve (LoRA adapters on top of it)."""
+
+    path: str = Field(
+        "builtin:arithmetic",
+        description="Local Hugging Face model folder (safetensors), or `builtin:<task>` for the "
+        "embedded base model that `selfimprove build-base` trains for that task (built on first use).",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow custom modelling code from the model folder. Off by default for safety."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a model folder path or builtin:<task>")
+        return v
+
+
+class TaskConfig(_Section):
+    """Where prompts come from: a bundled synthetic task, or your own JSONL files."""
+
+    name: str | None = Field(
+        "arithmetic",
+        description="Bundled task name (see `selfimprove.tasks`), e.g. `arithmetic`. Set to null and "
+        "give `train_file` to use your own prompts.",
+    )
+    level: int = Field(1, ge=1, description="Difficulty level of a bundled task.")
+    train_size: int = Field(64, ge=1, description="Prompts in the label-free self-training split.")
+    eval_size: int = Field(64, ge=1, description="Prompts in the evaluation split (gold used only there).")
+    seed: int = Field(0, description="Seed of the bundled task's split generator.")
+    train_file: str | None = Field(
+        None,
+        description="User JSONL of self-training prompts (one object per line with `prompt_field`). "
+        "Gold-named fields in it are ignored for training.",
+    )
+    eval_file: str | None = Field(
+        None,
+        description="User JSONL of evaluation prompts with gold answers (`answer_field`); used only to "
+        "evaluate. Without it a user task has no accuracy metrics, only label-free diagnostics.",
+    )
+    prompt_field: str = Field("prompt", description="Field holding the prompt in user JSONL files.")
+    id_field: str = Field(
+        "id", description="Field holding a prompt id in user JSONL files (else line number)."
+    )
+    answer_field: str = Field("answer", description="Field holding the gold answer in `eval_file`.")
+    extractor: str | None = Field(
+        None,
+        description="Answer extractor for a user task (e.g. `boxed`, `last_number`, `answer_tag`, "
+        "`math`); bundled tasks bring their own. `scoring.extractor` overrides both.",
+    )
+
+    @model_validator(mode="after")
+    def _source(self) -> TaskConfig:
+        if self.name is None and self.train_file is None:
+            raise ValueError("give either task.name (a bundled task) or task.train_file (your JSONL)")
+        if self.name is not None and self.train_file is not None:
+            raise ValueError(
+                "task.name and task.train_file are exclusive: set task.name: null for a user task"
+            )
+        return self
+
+
+class GenerationConfig(_Section):
+    """Sampling of rollouts for the self-training split."""
+
+    backend: Literal["vllm", "hf", "openai"] = Field(
+        "vllm",
+        description="Generation backend: `vllm` (fast, LoRA hot-swap), `hf` (transformers) or `openai`.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options for the backend's constructor (e.g. `enforce_eager`, `kv_cache_gb`, "
+        "`max_model_len` for vllm; `base_url`, `api_key_env` for openai). API keys come from env vars only.",
+    )
+    n: int = Field(8, ge=1, description="Samples per prompt; all of them vote on the pseudo-label.")
+    n_train: int | None = Field(
+        None,
+        ge=1,
+        description="How many of the `n` samples per prompt are used to build training data (TTRL votes "
+        "on more samples than it trains on). Null: all `n`.",
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(64, ge=1, description="Maximum new tokens per completion.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (cut from the completion).")
+    batch_size: int = Field(
+        64, ge=1, description="Prompts per generation call; rollouts are saved after each (resume unit)."
+    )
+
+    @model_validator(mode="after")
+    def _n_train(self) -> GenerationConfig:
+        if self.n_train is not None and self.n_train > self.n:
+            raise ValueError(f"n_train ({self.n_train}) cannot exceed n ({self.n})")
+        return self
+
+
+class RewardTerm(_Section):
+    """One term of the reward: a registered reward function, its weight and options."""
+
+    name: str = Field(description="Reward name in `selfimprove.score.rewards.REWARDS`, e.g. `majority_vote`.")
+    weight: float = Field(1.0, description="Weight of this term in the total reward.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options for `get_reward(name, **options)`."
+    )
+
+
+class JudgeConfig(_Section):
+    """A judge that scores rollouts (self-rewarding: the policy judges itself)."""
+
+    kind: Literal["pointwise", "pairwise"] = Field(
+        "pointwise", description="`pointwise` (rubric score per response) or `pairwise` (A/B, both orders)."
+    )
+    model: str = Field(
+        "policy",
+        description="`policy` (the current policy with its adapter judges itself) or a model folder path.",
+    )
+    weight: float = Field(1.0, description="Weight of the judge score in the total reward.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the judge.")
+
+
+class ScoringConfig(_Section):
+    """Label-free scoring of rollouts: extraction, voting, rewards, an optional judge."""
+
+    extractor: str | None = Field(
+        None, description="Answer extractor name; null uses the task's own extractor."
+    )
+    rewards: list[RewardTerm] = Field(
+        default_factory=lambda: [RewardTerm(name="majority_vote")],
+        description="Reward terms, summed with their weights into each rollout's `reward`.",
+    )
+    judge: JudgeConfig | None = Field(None, description="Optional judge; null for none.")
+    min_majority_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Prompts whose top answer has a smaller share than this abstain: no pseudo-label, "
+        "no training data from them.",
+    )
+
+
+class DataConfig(_Section):
+    """Turning scored rollouts into training data (options of `selfimprove.data.build`)."""
+
+    sft: dict[str, Any] = Field(default_factory=dict, description="Keyword options for `build_sft_rows`.")
+    dpo: dict[str, Any] = Field(default_factory=dict, description="Keyword options for `build_dpo_pairs`.")
+    grpo: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options for `build_grpo_prompts`."
+    )
+
+
+class LoraConfig(_Section):
+    """The LoRA adapter trained each round."""
+
+    rank: int = Field(16, ge=1, le=256, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules to adapt: a list of module names, or `all-linear`."
+    )
+
+
+class TrainingConfig(_Section):
+    """One training pass per round on the round's data."""
+
+    method: Literal["sft", "dpo", "grpo"] = Field("sft", description="Trainer: `sft`, `dpo` or `grpo`.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    init: Literal["continue", "restart"] = Field(
+        "continue",
+        description="`continue`: round r trains on top of round r-1's adapter; `restart`: every round "
+        "trains a fresh adapter from the base model (ReST-EM).",
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, description="Learning rate; null keeps the trainer default (SFT 2e-5, DPO/GRPO 1e-6)."
+    )
+    epochs: float = Field(1.0, gt=0, description="Epochs over the round's data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Cap on optimizer steps per round (overrides epochs)."
+    )
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int | None = Field(None, ge=8, description="Maximum sequence length in training.")
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other field of the TRL config of `method` (SFTConfig / DPOConfig / GRPOConfig), "
+        "e.g. `beta`, `loss_type`, `epsilon_high`, `entropy_coef`. Checked against TRL's field names.",
+    )
+
+
+class EvaluationConfig(_Section):
+    """Evaluation on the held-out split: gold answers are used here and only here."""
+
+    n: int = Field(8, ge=1, description="Samples per evaluation prompt.")
+    k: list[int] = Field(
+        default_factory=lambda: [1, 8], description="k values for maj@k and pass@k (each at most `n`)."
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature for evaluation.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Maximum new tokens; null: `generation.max_tokens`."
+    )
+    base: bool = Field(True, description="Evaluate the base model as round 0 (the reference of the guard).")
+
+    @model_validator(mode="after")
+    def _k(self) -> EvaluationConfig:
+        if not self.k:
+            raise ValueError("k must list at least one value")
+        bad = [k for k in self.k if k < 1 or k > self.n]
+        if bad:
+            raise ValueError(f"every k must be in 1..n={self.n}; got {bad}")
+        return self
+
+
+class GuardConfig(_Section):
+    """Label-free collapse guard, thresholds relative to round 0 (the base model)."""
+
+    enabled: bool = Field(True, description="Check the guard rules after every round.")
+    action: Literal["stop", "rollback", "warn"] = Field(
+        "stop",
+        description="On collapse: `stop` the loop; `rollback` continue from the last healthy adapter "
+        "(stops after `max_rollbacks`); `warn` only log.",
+    )
+    min_entropy_ratio: float | None = Field(
+        0.3,
+        ge=0,
+        description="Collapse when answer entropy falls below this fraction of round 0's. Null: off.",
+    )
+    min_distinct_ratio: float | None = Field(
+        0.3,
+        ge=0,
+        description="Collapse when mean distinct answers per prompt fall below this fraction of round 0's.",
+    )
+    max_majority_ratio: float | None = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="Collapse when the mean majority ratio saturates above this (absolute) value while "
+        "round 0 was below it.",
+    )
+    min_length_ratio: float | None = Field(
+        0.5,
+        ge=0,
+        description="Collapse when the mean completion length falls below this fraction of round 0's.",
+    )
+    max_length_ratio: float | None = Field(
+        3.0,
+        ge=1,
+        description="Collapse when the mean completion length grows above this multiple of round 0's.",
+    )
+    max_rollbacks: int = Field(1, ge=0, description="Rollbacks allowed before the guard stops the loop.")
+
+
+class LoopConfig(_Section):
+    """The rounds."""
+
+    rounds: int = Field(3, ge=1, description="Rounds of generate -> score -> build -> train -> evaluate.")
+    seed: int = Field(0, description="Seed of sampling and training (round r uses seed + r).")
+    on_empty_data: Literal["skip", "stop"] = Field(
+        "skip",
+        description="When a round yields no training data: `skip` training (the adapter stays) and go on, "
+        "or `stop` the loop.",
+    )
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="Collapse guard.")
+
+
+class OutputConfig(_Section):
+    """Where the run folder goes."""
+
+    run_dir: str | None = Field(
+        None, description="Run folder; null: `runs/<name>`. `--run-dir` on the command line wins."
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard events to `<run_dir>/tensorboard/`.")
+
+
+class RunConfig(_Section):
+    """A whole self-training run."""
+
+    name: str = Field("run", description="Run name (default folder `runs/<name>`).")
+    description: str = Field("", description="Free text shown in the report.")
+    supervised: bool = Field(
+        False,
+        description="Must be true when a reward uses gold labels (e.g. `verifier`): marks the run as a "
+        "supervised baseline, not label-free.",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Task and data splits.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Rollout sampling.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Label-free scoring.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training-data building.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Evaluation.")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="Rounds, seed, guard.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Run folder and logging.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able dict with every key resolved (what `config.yaml` of a run holds)."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """A digest of the settings that change results (output location excluded)."""
+        d = self.to_dict()
+        d.pop("output", None)
+        d.pop("description", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Reward names that use gold labels: allowed only in runs marked `supervised: true`.
+SUPERVISED_REWARDS = frozenset({"verifier", "verifier_reward", "gold", "ground_truth"})
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+# ---------------------------------------------------------------------------------------------
+
+Path_ = tuple[str | int, ...]
+
+
+def _node_lines(node: yaml.Node | None, prefix: Path_ = (), out: dict | None = None) -> dict[Path_, int]:
+    """Map every key path in a composed YAML document to its 1-based line."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*prefix, key)] = key_node.start_mark.line + 1
+            # A value on its own lines (a nested mapping/list) keeps the key's line as the anchor.
+            _node_lines(value_node, (*prefix, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*prefix, i)] = item.start_mark.line + 1
+            _node_lines(item, (*prefix, i), out)
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of sections, got {type(data).__name__}")
+    return data, _node_lines(node)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """Split ``key.sub=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value (e.g. training.lora.rank=8)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    parts = tuple(key.split("."))
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"override {text!r}: the key {key!r} is not a dotted key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str]
+) -> tuple[dict[str, Any], dict[Path_, str]]:
+    """Return a copy of ``data`` with the overrides set, and a map key path -> the override text."""
+    data = copy.deepcopy(data)
+    sources: dict[Path_, str] = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = {}
+                node[part] = child
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+        sources[parts] = text
+    return data, sources
+
+
+# ---------------------------------------------------------------------------------------------
+# Error messages
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the mapping at key path ``loc``."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fmt_path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _data_path(data: Any, loc: Sequence[Any]) -> tuple[Any, ...]:
+    """Keep only the parts of a pydantic error location that exist in the input data.
+
+    Pydantic adds union member tags (``str``, ``list[str]``) to locations; they are not keys.
+    """
+    path: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(part, str) and node is not None and not isinstance(node, (dict, list)):
+            continue  # a union tag under a scalar
+        elif isinstance(node, dict) and isinstance(part, str) and "[" not in part and "-" not in part:
+            path.append(part)  # a missing key (e.g. a required field)
+            node = None
+        else:
+            continue
+    return tuple(path)
+
+
+class _Where:
+    """Finds the file:line (or the override) that set a key path."""
+
+    def __init__(self, file: Path | None, lines: Mapping[Path_, int], overrides: Mapping[Path_, str]):
+        self.file, self.lines, self.overrides = file, lines, overrides
+
+    def __call__(self, path: Sequence[Any]) -> str:
+        path = tuple(path)
+        for n in range(len(path), 0, -1):
+            prefix = path[:n]
+            str_prefix = tuple(str(p) for p in prefix)
+            if str_prefix in self.overrides and all(isinstance(p, str) for p in prefix):
+                return f"command-line override {self.overrides[str_prefix]!r}: "
+            if prefix in self.lines and self.file is not None:
+                return f"{self.file}:{self.lines[prefix]}: "
+        return f"{self.file}: " if self.file is not None else ""
+
+
+def _describe_error(err: Mapping[str, Any], data: dict[str, Any], where: _Where) -> str:
+    path = _data_path(data, err["loc"])
+    key = _fmt_path(path)
+    etype = err["type"]
+    prefix = where(path)
+    if etype == "extra_forbidden":
+        owner = _model_at([p for p in path[:-1]])
+        allowed = sorted(owner.model_fields) if owner else []
+        hint = _suggest(path[-1], allowed) if path else ""
+        return f"{prefix}{key}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if etype == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'\"") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        hint = _suggest(err.get("input"), choices)
+        return f"{prefix}{key}: {err.get('input')!r} is not allowed; allowed: {expected}{hint}"
+    if etype == "missing":
+        return f"{prefix}{key}: required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or etype.startswith("value_error") else f" (got {got!r})"
+    return f"{prefix}{key}: {msg}{shown}"
+
+
+def _validation_message(exc: ValidationError, data: dict[str, Any], where: _Where) -> str:
+    msgs: list[str] = []
+    by_path: dict[tuple[Any, ...], int] = {}
+    for err in exc.errors():
+        m = _describe_error(err, data, where)
+        path = _data_path(data, err["loc"])
+        if path in by_path:
+            # A union type fails once per member: one line listing every accepted form.
+            i = by_path[path]
+            extra = m[len(where(path)) + len(_fmt_path(path)) + 2 :]
+            if extra not in msgs[i]:
+                msgs[i] = f"{msgs[i]}; or {extra}"
+            continue
+        by_path[path] = len(msgs)
+        msgs.append(m)
+    head = "invalid config" if len(msgs) == 1 else f"invalid config ({len(msgs)} problems)"
+    return head + ":\n  " + "\n  ".join(msgs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks against other modules (when importable)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_kwargs(
+    func: Any, options: Mapping[str, Any], key: str, where: _Where, skip: Iterable[str] = ()
+) -> None:
+    """Reject option names that ``func`` does not accept (unless it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and n not in set(skip)
+    ]
+    for name in options:
+        if name not in allowed:
+            path = (*key.split("."), name)
+            raise ConfigError(
+                f"{where(path)}{key}.{name}: unknown option of {func.__name__}{_suggest(name, allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+
+
+def _trl_config_class(method: str) -> type | None:
+    try:
+        if method == "sft":
+            from trl import SFTConfig as cls
+        elif method == "dpo":
+            from trl import DPOConfig as cls
+        else:
+            from trl import GRPOConfig as cls
+    except Exception:  # TRL missing or broken: the trainer will complain when it runs
+        return None
+    return cls
+
+
+def _cross_check(cfg: RunConfig, where: _Where) -> None:
+    """Checks that need other modules: reward names, builder options, TRL fields."""
+    try:
+        from selfimprove.score import rewards as rewards_mod
+    except ImportError:
+        rewards_mod = None
+    registry = getattr(rewards_mod, "REWARDS", None) if rewards_mod else None
+    for i, term in enumerate(cfg.scoring.rewards):
+        if registry is not None and term.name not in registry:
+            path = ("scoring", "rewards", i, "name")
+            raise ConfigError(
+                f"{where(path)}scoring.rewards[{i}].name: unknown reward {term.name!r}"
+                f"{_suggest(term.name, registry)}; registered: {', '.join(sorted(registry))}"
+            )
+        if term.name in SUPERVISED_REWARDS and not cfg.supervised:
+            path = ("scoring", "rewards", i, "name")
+            raise ConfigError(
+                f"{where(path)}scoring.rewards[{i}].name: {term.name!r} reads gold labels; a run that "
+                "uses it must say `supervised: true` (it is a supervised baseline, not label-free)"
+            )
+    try:
+        from selfimprove.data import build as build_mod
+    except ImportError:
+        build_mod = None
+    if build_mod is not None:
+        for section, fname in (
+            ("sft", "build_sft_rows"),
+            ("dpo", "build_dpo_pairs"),
+            ("grpo", "build_grpo_prompts"),
+        ):
+            func = getattr(build_mod, fname, None)
+            options = getattr(cfg.data, section)
+            if func is not None and options:
+                # The first positional argument is the scored rollouts, passed by the runner.
+                first = next(iter(inspect.signature(func).parameters), None)
+                _check_kwargs(func, options, f"data.{section}", where, skip=[first] if first else [])
+    if cfg.training.trl:
+        cls = _trl_config_class(cfg.training.method)
+        if cls is not None and dataclasses.is_dataclass(cls):
+            allowed = {f.name for f in dataclasses.fields(cls)}
+            for name in cfg.training.trl:
+                if name not in allowed:
+                    path = ("training", "trl", name)
+                    raise ConfigError(
+                        f"{where(path)}training.trl.{name}: not a field of TRL's {cls.__name__} "
+                        f"(method {cfg.training.method!r}){_suggest(name, allowed)}"
+                    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_config(
+    data: Mapping[str, Any],
+    *,
+    file: str | Path | None = None,
+    lines: Mapping[Path_, int] | None = None,
+    overrides: Sequence[str] = (),
+    cross_check: bool = True,
+) -> RunConfig:
+    """Validate a plain dict (plus ``key.sub=value`` overrides) into a :class:`RunConfig`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{file or 'config'}: the config must be a mapping, got {type(data).__name__}")
+    merged, sources = apply_overrides(dict(data), overrides)
+    where = _Where(Path(file) if file is not None else None, lines or {}, sources)
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc, merged, where)) from None
+    if cross_check:
+        _cross_check(cfg, where)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), *, cross_check: bool = True) -> RunConfig:
+    """Read, merge overrides into, and validate a YAML run config; errors name file:line and key."""
+    p = Path(path)
+    data, lines = _read_yaml(p)
+    return validate_config(data, file=p, lines=lines, overrides=overrides, cross_check=cross_check)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML text (every key, defaults filled in)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def iter_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterable[tuple[str, Any, Any, str]]:
+    """Yield (key path, type, default, description) for every key of the schema, depth first."""
+    for name, field in model.model_fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        sub = _model_in(field.annotation)
+        if sub is not None and sub is not RewardTerm and sub is not JudgeConfig:
+            yield path, "section", None, field.description or ""
+            yield from iter_fields(sub, path)
+            continue
+        if field.default_factory is not None:
+            try:
+                default = field.default_factory()
+            except TypeError:
+                default = None
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            elif isinstance(default, list):
+                default = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
+        elif field.is_required():
+            default = "(required)"
+        else:
+            default = field.default
+        yield path, _type_name(field.annotation), default, field.description or ""
+        if sub is not None:  # list items / optional sections documented below their key
+            item_prefix = f"{path}[]" if sub is RewardTerm else path
+            yield from iter_fields(sub, item_prefix)
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    if text is None:
+        text = str(annotation).replace("typing.", "").replace("selfimprove.loop.config.", "")
+    return text
+
+
+def schema_markdown() -> str:
+    """A Markdown table of every config key: path, type, default, description."""
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for path, typ, default, desc in iter_fields():
+        if typ == "section":
+            rows.append(f"| **`{path}`** | section | | {desc} |")
+            continue
+        shown = "" if default is None and typ != "section" else json.dumps(default)
+        if default is None:
+            shown = "null"
+        rows.append(f"| `{path}` | `{typ.replace('|', 'or')}` | `{shown}` | {desc.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+__all__ = [
+    "DataConfig",
+    "EvaluationConfig",
+    "GenerationConfig",
+    "GuardConfig",
+    "JudgeConfig",
+    "LoopConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "RewardTerm",
+    "RunConfig",
+    "ScoringConfig",
+    "TaskConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "dump_config",
+    "iter_fields",
+    "load_config",
+    "parse_override",
+    "schema_markdown",
+    "validate_config",
+]

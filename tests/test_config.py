@@ -1,0 +1,218 @@
+"""Run-config validation: typos with suggestions, wrong types, bad values, overrides, file:line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from selfimprove.errors import ConfigError
+from selfimprove.loop.config import (
+    RunConfig,
+    dump_config,
+    iter_fields,
+    load_config,
+    parse_override,
+    schema_markdown,
+    validate_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+# (YAML text, substrings the error must contain)
+BAD_YAML = [
+    (
+        "training:\n  lora:\n    rnak: 8\n",
+        ["cfg.yaml:3:", "training.lora.rnak", "unknown key", "did you mean 'rank'", "allowed here"],
+    ),
+    ("genration:\n  n: 4\n", ["cfg.yaml:1:", "genration", "did you mean 'generation'"]),
+    ("generation:\n  n: two\n", ["cfg.yaml:2:", "generation.n", "valid integer", "'two'"]),
+    ("generation:\n  backend: vlm\n", ["cfg.yaml:2:", "generation.backend", "'vlm'", "did you mean 'vllm'"]),
+    ("loop:\n  rounds: 0\n", ["cfg.yaml:2:", "loop.rounds", "greater than or equal to 1"]),
+    ("training:\n  method: ppo\n", ["training.method", "'sft'", "'dpo'", "'grpo'"]),
+    ("loop:\n  on_empty_data: continue\n", ["loop.on_empty_data", "'skip'", "'stop'"]),
+    ("evaluation:\n  n: 4\n  k: [1, 8]\n", ["evaluation", "1..n=4", "[8]"]),
+    ("generation:\n  n: 4\n  n_train: 8\n", ["generation", "n_train (8) cannot exceed n (4)"]),
+    ("task:\n  name: null\n", ["task", "task.train_file"]),
+    (
+        "scoring:\n  rewards:\n    - name: majority_vote\n      wieght: 2\n",
+        ["cfg.yaml:4:", "scoring.rewards[0].wieght", "did you mean 'weight'"],
+    ),
+    (
+        "training:\n  lora:\n    target_modules: 5\n",
+        ["training.lora.target_modules", "valid list", "'all-linear'"],
+    ),
+    (
+        "training:\n  method: dpo\n  trl:\n    betta: 0.1\n",
+        ["cfg.yaml:4:", "training.trl.betta", "DPOConfig", "did you mean 'beta'"],
+    ),
+    ("generation:\n  top_p: 0\n", ["generation.top_p", "greater than 0"]),
+]
+
+
+@pytest.mark.parametrize("text,needles", BAD_YAML)
+def test_bad_config_messages(tmp_path, text, needles):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+
+
+def test_several_problems_reported_at_once(tmp_path):
+    path = _write(tmp_path, "generation:\n  n: 0\n  backend: x\nloop:\n  rounds: -1\n")
+    msg = str(pytest.raises(ConfigError, load_config, path).value)
+    assert "3 problems" in msg
+    assert "cfg.yaml:2:" in msg and "cfg.yaml:3:" in msg and "cfg.yaml:5:" in msg
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("a: [1, 2\n", "cfg.yaml:2:"),
+        ("a:\n  b: 1\n c: 2\n", "cfg.yaml:3:"),
+        ("- 1\n- 2\n", "mapping of sections"),
+    ],
+)
+def test_malformed_yaml(tmp_path, text, where):
+    msg = str(pytest.raises(ConfigError, load_config, _write(tmp_path, text)).value)
+    assert where in msg
+
+
+def test_missing_file(tmp_path):
+    msg = str(pytest.raises(ConfigError, load_config, tmp_path / "nope.yaml").value)
+    assert "not found" in msg and "nope.yaml" in msg
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    cfg = load_config(_write(tmp_path, ""))
+    assert cfg == RunConfig()
+    assert cfg.training.method == "sft" and cfg.generation.n == 8
+
+
+@pytest.mark.parametrize(
+    "text,key,value",
+    [
+        ("training.lora.rank=4", ("training", "lora", "rank"), 4),
+        ("generation.temperature=0.7", ("generation", "temperature"), 0.7),
+        ('generation.stop=["\\n", "."]', ("generation", "stop"), ["\n", "."]),
+        ("task.name=null", ("task", "name"), None),
+        ("loop.guard.enabled=false", ("loop", "guard", "enabled"), False),
+        ("name=my run", ("name",), "my run"),
+    ],
+)
+def test_parse_override(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+@pytest.mark.parametrize("text", ["training.lora.rank", "=3", "a..b=1", "x=[1,"])
+def test_bad_override_syntax(text):
+    with pytest.raises(ConfigError) as info:
+        parse_override(text)
+    assert repr(text) in str(info.value)
+
+
+def test_overrides_applied_and_validated(tmp_path):
+    path = _write(tmp_path, "training:\n  lora:\n    rank: 16\n")
+    cfg = load_config(path, ["training.lora.rank=4", "loop.rounds=5", "generation.backend=hf"])
+    assert cfg.training.lora.rank == 4 and cfg.loop.rounds == 5 and cfg.generation.backend == "hf"
+    msg = str(pytest.raises(ConfigError, load_config, path, ["training.lora.rnak=4"]).value)
+    assert "command-line override 'training.lora.rnak=4'" in msg and "did you mean 'rank'" in msg
+    msg = str(pytest.raises(ConfigError, load_config, path, ["training.lora.rank=abc"]).value)
+    assert "override 'training.lora.rank=abc'" in msg and "valid integer" in msg
+    msg = str(pytest.raises(ConfigError, load_config, path, ["training.lora.rank.x=1"]).value)
+    assert "training.lora.rank is a value, not a section" in msg
+
+
+def test_resolved_config_roundtrip(tmp_path):
+    cfg = validate_config({"training": {"method": "dpo", "trl": {"beta": 0.2}}, "loop": {"rounds": 2}})
+    text = dump_config(cfg)
+    again = load_config(_write(tmp_path, text))
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+    # The output folder does not change results, so it does not change the fingerprint ...
+    moved = validate_config(cfg.to_dict(), overrides=["output.run_dir=/elsewhere"])
+    assert moved.fingerprint() == cfg.fingerprint()
+    # ... but a setting that does, does.
+    assert validate_config(cfg.to_dict(), overrides=["loop.seed=1"]).fingerprint() != cfg.fingerprint()
+
+
+def test_supervised_reward_needs_flag():
+    try:
+        from selfimprove.score.rewards import REWARDS
+    except ImportError:
+        pytest.skip("selfimprove.score.rewards not built yet")
+    name = next((n for n in ("verifier", "verifier_reward") if n in REWARDS), None)
+    if name is None:
+        pytest.skip("no gold-label reward registered")
+    data = {"scoring": {"rewards": [{"name": name}]}}
+    msg = str(pytest.raises(ConfigError, validate_config, data).value)
+    assert "supervised: true" in msg
+    assert validate_config({**data, "supervised": True}).supervised
+
+
+def test_unknown_reward_name_suggests():
+    try:
+        from selfimprove.score.rewards import REWARDS  # noqa: F401
+    except ImportError:
+        pytest.skip("selfimprove.score.rewards not built yet")
+    data = {"scoring": {"rewards": [{"name": "majority_vot"}]}}
+    msg = str(pytest.raises(ConfigError, validate_config, data).value)
+    assert "scoring.rewards[0].name" in msg and "unknown reward 'majority_vot'" in msg
+
+
+def test_every_key_documented():
+    fields = list(iter_fields())
+    assert len(fields) > 60
+    missing = [path for path, _t, _d, desc in fields if not desc.strip()]
+    assert not missing, f"keys without a description: {missing}"
+    table = schema_markdown()
+    doc = (REPO / "docs" / "loop.md").read_text() if (REPO / "docs" / "loop.md").exists() else ""
+    for path, *_ in fields:
+        assert f"`{path}`" in table
+        if doc:
+            assert f"`{path}`" in doc, f"docs/loop.md does not document {path}"
+
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.description.strip(), f"{path.name} needs a name and a description"
+    uses_gold = any(t.name in ("verifier", "verifier_reward") for t in cfg.scoring.rewards)
+    assert uses_gold == cfg.supervised, f"{path.name}: supervised flag must match gold-reward use"
+    if cfg.supervised:
+        assert "SUPERVISED" in path.read_text(), "a supervised baseline must say so in its file"
+
+
+def test_expected_recipes_shipped():
+    names = {p.name for p in CONFIGS}
+    expected = {
+        "demo.yaml",
+        "ttrl_grpo.yaml",
+        "evol_rl.yaml",
+        "co_reward.yaml",
+        "rejection_sft.yaml",
+        "sc_dpo.yaml",
+        "self_rewarding_dpo.yaml",
+        "gt_grpo_baseline.yaml",
+    }
+    if not names:
+        pytest.skip("no configs yet")
+    assert expected <= names, f"missing recipes: {sorted(expected - names)}"
+
+
+def test_error_lines_point_at_the_key(tmp_path):
+    text = "name: x\n\n# comment\nloop:\n  seed: 1\n  guard:\n    action: explode\n"
+    msg = str(pytest.raises(ConfigError, load_config, _write(tmp_path, text)).value)
+    assert re.search(r"cfg\.yaml:7: loop\.guard\.action", msg), msg
