@@ -1,0 +1,242 @@
+"""OpenAI-compatible backend: ``vllm serve``, llama.cpp's server or a hosted API over HTTP.
+
+- Chat prompts go to ``/v1/chat/completions``; plain-text prompts to ``/v1/completions`` (no silent
+  fallback to chat: wrapping raw text in a user turn would change what the model sees; a server
+  without a completions endpoint gives a clear error asking for chat prompts).
+- One request per sample (``n=1``, seed ``seed + sample_index``): token counts are then exact per
+  sample, servers that ignore ``n`` (llama.cpp) behave the same, and against ``vllm serve`` the
+  samples equal the vllm backend's, which seeds its ``n`` children the same way.
+- Requests run on a bounded thread pool (``max_concurrency``). 429, 5xx, time-outs and connection
+  errors are retried with exponential back-off (``backoff * 2**attempt``, or the server's
+  ``Retry-After`` when given); other 4xx fail at once.
+- The API key is read from the environment variable ``api_key_env`` at call time (never stored or
+  logged); no key means no Authorization header (local servers need none).
+- ``adapter`` selects a served model name: a LoRA registered with
+  ``vllm serve BASE --enable-lora --lora-modules NAME=PATH``. A path is mapped to its folder name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from selfimprove.errors import BackendError, InputError
+from selfimprove.generate._common import check_prompt
+from selfimprove.generate.base import Completion, Prompt, Sampling
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAIGenerator:
+    """Generator that calls an OpenAI-compatible HTTP server."""
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        """Configure the client; nothing is sent until ``generate``."""
+        import httpx
+
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise InputError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.model = str(model)
+        # Accept both http://host:port and http://host:port/v1.
+        url = base_url.rstrip("/")
+        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+        )
+        self._lock = threading.Lock()
+        self.stats = {"requests": 0, "retries": 0}
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST with retries; return the decoded JSON body or raise BackendError naming the URL."""
+        import httpx
+
+        url = self.base_url + path
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            with self._lock:
+                self.stats["requests"] += 1
+            try:
+                resp = self._client.post(url, json=payload, headers=self._headers())
+            except httpx.TimeoutException:
+                last = f"timed out after {self.timeout:g} s"
+            except httpx.TransportError as exc:
+                last = f"cannot connect ({type(exc).__name__}: {exc})"
+            else:
+                if resp.status_code == 200:
+                    try:
+                        return resp.json()
+                    except ValueError as exc:
+                        raise BackendError(f"{url}: response is not JSON: {resp.text[:200]!r}") from exc
+                body = resp.text[:300]
+                if resp.status_code not in RETRY_STATUS:
+                    if resp.status_code == 404 and path == "/completions":
+                        raise BackendError(
+                            f"{url}: 404, the server has no text-completions endpoint; "
+                            f"pass chat-message prompts instead ({body!r})"
+                        )
+                    raise BackendError(f"{url}: HTTP {resp.status_code}: {body!r}")
+                last = f"HTTP {resp.status_code}: {body!r}"
+                retry_after = _retry_after(resp.headers.get("retry-after"))
+            if attempt == self.max_retries:
+                break
+            delay = retry_after if retry_after is not None else self.backoff * (2**attempt)
+            with self._lock:
+                self.stats["retries"] += 1
+            log.info("%s: %s; retry %d/%d in %.2f s", url, last, attempt + 1, self.max_retries, delay)
+            time.sleep(delay)
+        raise BackendError(f"{url}: failed after {self.max_retries + 1} attempts: {last}")
+
+    # -- generation -------------------------------------------------------------------------
+    def _served_model(self, adapter: str | None) -> str:
+        if adapter is None:
+            return self.model
+        p = Path(adapter)
+        return p.name if p.is_dir() else str(adapter)
+
+    def _request(self, prompt: Prompt, sampling: Sampling, index: int, model: str) -> Completion:
+        payload: dict[str, Any] = {
+            "model": model,
+            "n": 1,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
+        if sampling.stop:
+            payload["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            payload["seed"] = sampling.seed + index
+        chat = not isinstance(prompt, str)
+        if chat:
+            payload["messages"] = prompt
+            if sampling.logprobs is not None:
+                payload["logprobs"] = True
+                payload["top_logprobs"] = sampling.logprobs
+        else:
+            payload["prompt"] = prompt
+            if sampling.logprobs is not None:
+                payload["logprobs"] = sampling.logprobs
+        body = self._post("/chat/completions" if chat else "/completions", payload)
+        return _parse(body, chat, sampling)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: Sampling,
+        *,
+        adapter: str | None = None,
+        progress: bool = False,
+    ) -> list[list[Completion]]:
+        """Return ``sampling.n`` completions for each prompt, in prompt order."""
+        from tqdm.auto import tqdm
+
+        for i, p in enumerate(prompts):
+            check_prompt(p, i)
+        model = self._served_model(adapter)
+        results: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
+        with (
+            ThreadPoolExecutor(max_workers=self.max_concurrency) as pool,
+            tqdm(total=len(jobs), desc="generate (openai)", disable=not progress) as bar,
+        ):
+            futures = {pool.submit(self._request, prompts[i], sampling, j, model): (i, j) for i, j in jobs}
+            try:
+                for fut in futures:
+                    i, j = futures[fut]
+                    results[i][j] = fut.result()
+                    bar.update(1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Close the HTTP connection pool. Safe to call twice."""
+        self._client.close()
+
+    def __enter__(self) -> OpenAIGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(float(value), 60.0)  # cap: a hostile or confused server must not stall us for hours
+    except ValueError:
+        return None
+
+
+def _parse(body: dict[str, Any], chat: bool, sampling: Sampling) -> Completion:
+    """One Completion from an OpenAI response with a single choice."""
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise BackendError(f"unexpected response shape (no choices[0] text): {str(body)[:300]}") from exc
+    usage = body.get("usage") or {}
+    raw_reason = choice.get("finish_reason")
+    reason = "length" if raw_reason == "length" else "stop"
+    logprobs = token_logprobs = None
+    lp = choice.get("logprobs")
+    if sampling.logprobs is not None and lp:
+        if chat:
+            content = lp.get("content") or []
+            token_logprobs = [float(t["logprob"]) for t in content]
+            logprobs = [
+                {x["token"]: float(x["logprob"]) for x in (t.get("top_logprobs") or [])} for t in content
+            ]
+        else:
+            token_logprobs = [float(x) for x in lp.get("token_logprobs") or []]
+            logprobs = [{k: float(v) for k, v in (d or {}).items()} for d in lp.get("top_logprobs") or []]
+    return Completion(
+        text=text or "",
+        finish_reason=reason,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        logprobs=logprobs,
+        token_logprobs=token_logprobs,
+        extra={"finish_reason_raw": raw_reason} if raw_reason not in ("stop", "length") else {},
+    )
