@@ -1,0 +1,409 @@
+"""LLM judges over (question, response) pairs, through any Generator backend.
+
+- ``PointwiseJudge``: a rubric score (default: the additive 5-point Self-Rewarding rubric),
+  parsed robustly; an unparsable reply is ``None`` and counted, never a score.
+- ``PairwiseJudge``: which of two responses better meets the requirements, always asked in both
+  orders (AB and BA) so that position bias cancels; ties allowed; in ``logprob`` mode the
+  probabilities of the letters A/B/C at the first generated token are compared (robust for weak
+  local models), in ``text`` mode the reply is parsed (API models). The result is a soft
+  preference in [0, 1] (1 = the first response is better, 0.5 = tie); failures are counted in
+  ``stats`` and never counted as a win or a loss.
+- ``aggregate_judgements``: soft averages over repetitions and over several judges.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfimprove.errors import ConfigError, InputError
+from selfimprove.generate.base import Completion, Sampling
+
+# prompts/ at the repository root (shipped beside the package).
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+# Judge replies are parsed from their last characters only (bounded time on run-away replies).
+_MAX_REPLY = 4096
+
+
+def load_prompt(name_or_path: str | Path) -> str:
+    """Text of a prompt template: a name in prompts/ (without .txt) or a file path."""
+    p = Path(name_or_path)
+    candidates = [p] if p.suffix else [PROMPTS_DIR / f"{name_or_path}.txt", p]
+    for c in candidates:
+        if c.is_file():
+            return c.read_text(encoding="utf-8")
+    raise ConfigError(
+        f"prompt template {str(name_or_path)!r} not found (looked in {', '.join(str(c) for c in candidates)})"
+    )
+
+
+def _template_text(template: str) -> str:
+    """A template given by name/path, or inline (anything containing a '{' placeholder)."""
+    if "{" in template:
+        return template
+    return load_prompt(template)
+
+
+def _fill(template: str, where: str, **fields: str) -> str:
+    """str.format with a clear error for a missing placeholder (user data is never formatted)."""
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError) as exc:
+        raise ConfigError(
+            f"{where}: template placeholder {exc} unknown; available: {', '.join('{' + k + '}' for k in fields)}"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: malformed template ({exc}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
+
+
+_SCORE_PATTERNS = [
+    re.compile(r"score\s{0,4}(?:is|of|=|:)?\s{0,4}:?\s{0,4}\**\s{0,2}(-?\d+(?:\.\d+)?)", re.IGNORECASE),
+    re.compile(r"(-?\d+(?:\.\d+)?)\s{0,4}(?:/|out of)\s{0,4}(\d+)", re.IGNORECASE),
+    re.compile(r"(?:rating|points?|total)\s{0,4}(?:is|=|:)?\s{0,4}(-?\d+(?:\.\d+)?)", re.IGNORECASE),
+]
+
+
+def parse_score(text: str, *, min_score: float = 0, max_score: float = 5) -> float | None:
+    """The judge's score from a reply ("Score: 4", "4/5", "**Score**: 4", a bare "4"), else None.
+
+    The last match of the most specific pattern wins; a value outside [min_score, max_score] or a
+    "x/y" with y != max_score is rejected.
+    """
+    if not isinstance(text, str):
+        return None
+    t = text[-_MAX_REPLY:].replace("*", "")
+    for i, rx in enumerate(_SCORE_PATTERNS):
+        last = None
+        for last in rx.finditer(t):  # noqa: B007 - keep the last match
+            pass
+        if last is None:
+            continue
+        if i == 1 and float(last.group(2)) != max_score:
+            continue
+        value = float(last.group(1))
+        return value if min_score <= value <= max_score else None
+    bare = t.strip().rstrip(".")
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", bare):
+        value = float(bare)
+        return value if min_score <= value <= max_score else None
+    return None
+
+
+_VERDICT = re.compile(r"(?:^|[^A-Za-z])(A|B|C|tie)(?:[^A-Za-z]|$)", re.IGNORECASE)
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from a pairwise reply ("A", "[[B]]", "Response A is better", "Tie"), else None."""
+    if not isinstance(text, str):
+        return None
+    t = text[-_MAX_REPLY:].strip()
+    if not t:
+        return None
+    m = re.search(
+        r"(?:response|answer|verdict|winner)\s{0,4}(?:is|:)?\s{0,4}\[{0,2}\s{0,2}(A|B|C)\b", t, re.IGNORECASE
+    )
+    if m is None:
+        m = re.match(r"\W{0,4}(A|B|C|tie)\b", t, re.IGNORECASE)
+    if m is None and len(t) <= 40:
+        m = _VERDICT.search(t)
+    if m is None:
+        if re.search(r"\b(?:tie|equally good|both are equal)\b", t, re.IGNORECASE):
+            return "tie"
+        return None
+    letter = m.group(1).upper()
+    return "tie" if letter in ("C", "TIE") else letter
+
+
+@dataclass
+class PointwiseJudgement:
+    """One response's judgement: the mean parsed score (None when every repeat failed)."""
+
+    score: float | None
+    scores: list[float | None]
+    n_failed: int
+    replies: list[str] = field(default_factory=list)
+
+
+class PointwiseJudge:
+    """Rubric scoring of (question, response) pairs by an LLM (Self-Rewarding LMs).
+
+    ``template`` is a prompt name/path or inline text with ``{question}`` and ``{response}``.
+    ``stats`` counts calls, parsed replies, unparsable replies and backend errors.
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        template: str = "judge_pointwise_additive",
+        *,
+        n_repeats: int = 1,
+        min_score: float = 0,
+        max_score: float = 5,
+        sampling: Sampling | None = None,
+        adapter: str | None = None,
+    ) -> None:
+        if n_repeats < 1:
+            raise ConfigError(f"judge n_repeats must be >= 1, got {n_repeats!r}")
+        self.generator = generator
+        self.template = _template_text(template)
+        self.n_repeats = n_repeats
+        self.min_score, self.max_score = min_score, max_score
+        self.sampling = sampling or Sampling(
+            n=n_repeats, temperature=0.0 if n_repeats == 1 else 0.7, max_tokens=256
+        )
+        if self.sampling.n != n_repeats:
+            raise ConfigError(f"judge sampling.n ({self.sampling.n}) must equal n_repeats ({n_repeats})")
+        self.adapter = adapter
+        self.stats: Counter[str] = Counter()
+
+    def judge(self, questions: Sequence[str], responses: Sequence[str]) -> list[PointwiseJudgement]:
+        """Judge each (question, response) pair ``n_repeats`` times."""
+        if len(questions) != len(responses):
+            raise InputError(f"judge: {len(questions)} questions but {len(responses)} responses")
+        prompts = [
+            [{"role": "user", "content": _fill(self.template, "pointwise judge", question=q, response=r)}]
+            for q, r in zip(questions, responses, strict=True)
+        ]
+        if not prompts:
+            return []
+        outputs = self.generator.generate(prompts, self.sampling, adapter=self.adapter)
+        results = []
+        for comps in outputs:
+            scores: list[float | None] = []
+            for c in comps:
+                self.stats["calls"] += 1
+                if c.finish_reason == "error":
+                    self.stats["errors"] += 1
+                    scores.append(None)
+                    continue
+                s = parse_score(c.text, min_score=self.min_score, max_score=self.max_score)
+                self.stats["parsed" if s is not None else "unparsable"] += 1
+                scores.append(s)
+            valid = [s for s in scores if s is not None]
+            results.append(
+                PointwiseJudgement(
+                    score=sum(valid) / len(valid) if valid else None,
+                    scores=scores,
+                    n_failed=len(scores) - len(valid),
+                    replies=[c.text for c in comps],
+                )
+            )
+        return results
+
+    def score(self, questions: Sequence[str], responses: Sequence[str]) -> list[float | None]:
+        """Mean score per pair (None when no repeat could be parsed)."""
+        return [j.score for j in self.judge(questions, responses)]
+
+    def report(self) -> dict[str, float]:
+        """Counts plus the parse-failure rate."""
+        calls = self.stats["calls"]
+        return {**self.stats, "failure_rate": (calls - self.stats["parsed"]) / calls if calls else 0.0}
+
+
+@dataclass
+class PairwiseJudgement:
+    """Both-order judgement of one pair: ``preference`` = P(first response is better)."""
+
+    preference: float | None
+    # preference for the first response from the AB order and from the BA order (None: failed)
+    p_ab: float | None
+    p_ba: float | None
+    # same winner in both orders (None when an order failed)
+    consistent: bool | None
+    n_failed: int
+
+
+def _letter_probs(logprobs: dict[str, float]) -> dict[str, float]:
+    """Probabilities of A, B, C from a top-k {token: logprob} dict (token variants summed)."""
+    out = {"A": 0.0, "B": 0.0, "C": 0.0}
+    for tok, lp in logprobs.items():
+        key = tok.strip().strip("[(*").upper()
+        if key in out and lp is not None and not math.isnan(lp):
+            out[key] += math.exp(lp)
+    return out
+
+
+def _winner(p: float) -> str:
+    return "A" if p > 0.5 else ("B" if p < 0.5 else "tie")
+
+
+class PairwiseJudge:
+    """Which of two responses better meets ``requirements``; both orders, soft result, ties."""
+
+    def __init__(
+        self,
+        generator: Any,
+        requirements: str = "Answer the question correctly, helpfully and concisely.",
+        template: str = "judge_pairwise",
+        *,
+        mode: str = "text",
+        n_repeats: int = 1,
+        sampling: Sampling | None = None,
+        adapter: str | None = None,
+        top_logprobs: int = 20,
+    ) -> None:
+        if mode not in ("text", "logprob"):
+            raise ConfigError(f"pairwise judge mode must be 'text' or 'logprob', got {mode!r}")
+        if n_repeats < 1:
+            raise ConfigError(f"judge n_repeats must be >= 1, got {n_repeats!r}")
+        self.generator = generator
+        self.requirements = requirements
+        self.template = _template_text(template)
+        self.mode = mode
+        self.n_repeats = n_repeats
+        if sampling is None:
+            if mode == "logprob":
+                # the letter is the first generated token; greedy, its top-k distribution is read
+                sampling = Sampling(n=n_repeats, temperature=0.0, max_tokens=1, logprobs=top_logprobs)
+            else:
+                sampling = Sampling(n=n_repeats, temperature=0.0 if n_repeats == 1 else 0.7, max_tokens=64)
+        if mode == "logprob" and not sampling.logprobs:
+            raise ConfigError("pairwise judge mode 'logprob' needs sampling.logprobs >= 1")
+        self.sampling = sampling
+        self.adapter = adapter
+        self.stats: Counter[str] = Counter()
+        # sum of P(first position wins) over parsed calls: measures position bias
+        self._first_pos_sum = 0.0
+
+    def _prompt(self, question: str, first: str, second: str) -> list[dict[str, str]]:
+        text = _fill(
+            self.template,
+            "pairwise judge",
+            requirements=self.requirements,
+            question=question,
+            response_a=first,
+            response_b=second,
+        )
+        return [{"role": "user", "content": text}]
+
+    def _first_preference(self, c: Completion) -> float | None:
+        """P(the response shown first is better) from one reply; None (counted) on failure."""
+        self.stats["calls"] += 1
+        if c.finish_reason == "error":
+            self.stats["errors"] += 1
+            return None
+        if self.mode == "logprob":
+            probs = _letter_probs(c.logprobs[0]) if c.logprobs else {"A": 0.0, "B": 0.0, "C": 0.0}
+            total = probs["A"] + probs["B"] + probs["C"]
+            if probs["A"] + probs["B"] > 0:
+                self.stats["logprob"] += 1
+                return (probs["A"] + 0.5 * probs["C"]) / total
+            # neither letter in the top-k: fall back to the generated text (counted)
+            self.stats["logprob_fallback"] += 1
+        verdict = parse_verdict(c.text)
+        if verdict is None:
+            self.stats["unparsable"] += 1
+            return None
+        self.stats["parsed_text"] += 1
+        return {"A": 1.0, "B": 0.0, "tie": 0.5}[verdict]
+
+    def compare(
+        self, questions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[PairwiseJudgement]:
+        """Judge each pair in both orders and combine into P(response A is better)."""
+        if not len(questions) == len(responses_a) == len(responses_b):
+            raise InputError(
+                f"pairwise judge: {len(questions)} questions, {len(responses_a)} A responses, "
+                f"{len(responses_b)} B responses"
+            )
+        n = len(questions)
+        if n == 0:
+            return []
+        prompts = [self._prompt(q, a, b) for q, a, b in zip(questions, responses_a, responses_b, strict=True)]
+        prompts += [
+            self._prompt(q, b, a) for q, a, b in zip(questions, responses_a, responses_b, strict=True)
+        ]
+        outputs = self.generator.generate(prompts, self.sampling, adapter=self.adapter)
+        results = []
+        for i in range(n):
+            ab = [self._first_preference(c) for c in outputs[i]]
+            # in the BA order the first position holds response B: P(A better) = 1 - P(first better)
+            ba_first = [self._first_preference(c) for c in outputs[n + i]]
+            for p in ab + ba_first:
+                if p is not None:
+                    self._first_pos_sum += p
+            ba = [None if p is None else 1.0 - p for p in ba_first]
+            p_ab = _mean(ab)
+            p_ba = _mean(ba)
+            valid = [p for p in (p_ab, p_ba) if p is not None]
+            pref = sum(valid) / len(valid) if valid else None
+            consistent = None
+            if p_ab is not None and p_ba is not None:
+                consistent = _winner(p_ab) == _winner(p_ba)
+                self.stats["both_orders"] += 1
+                self.stats["consistent"] += int(consistent)
+            elif valid:
+                self.stats["one_order_only"] += 1
+            else:
+                self.stats["failed_pairs"] += 1
+            if pref is not None and pref == 0.5:
+                self.stats["ties"] += 1
+            self.stats["pairs"] += 1
+            results.append(
+                PairwiseJudgement(
+                    preference=pref,
+                    p_ab=p_ab,
+                    p_ba=p_ba,
+                    consistent=consistent,
+                    n_failed=sum(p is None for p in ab + ba),
+                )
+            )
+        return results
+
+    def preferences(
+        self, questions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[float | None]:
+        """P(A better) per pair (None when every call failed)."""
+        return [j.preference for j in self.compare(questions, responses_a, responses_b)]
+
+    def report(self) -> dict[str, float]:
+        """Counts plus position consistency, parse-failure rate and first-position win rate."""
+        s = self.stats
+        parsed = s["logprob"] + s["parsed_text"]
+        return {
+            **s,
+            "position_consistency": s["consistent"] / s["both_orders"] if s["both_orders"] else float("nan"),
+            "failure_rate": (s["calls"] - parsed) / s["calls"] if s["calls"] else 0.0,
+            "first_position_preference": self._first_pos_sum / parsed if parsed else float("nan"),
+        }
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else None
+
+
+def aggregate_judgements(
+    judgements: Sequence[Sequence[float | None]], weights: Sequence[float] | None = None
+) -> list[float | None]:
+    """Soft (weighted) average per item over several judges or repetitions, skipping failures.
+
+    ``judgements[j][i]`` is judge j's score/preference for item i; None (a failure) is left out,
+    never counted as 0 or 1. An item no judge could score stays None.
+    """
+    if not judgements:
+        return []
+    n = len(judgements[0])
+    for j, row in enumerate(judgements):
+        if len(row) != n:
+            raise InputError(f"aggregate_judgements: judge {j} has {len(row)} items, judge 0 has {n}")
+    weights = list(weights) if weights is not None else [1.0] * len(judgements)
+    if len(weights) != len(judgements) or any(w < 0 for w in weights):
+        raise InputError("aggregate_judgements: one non-negative weight per judge")
+    out: list[float | None] = []
+    for i in range(n):
+        num = den = 0.0
+        for row, w in zip(judgements, weights, strict=True):
+            v = row[i]
+            if v is not None and not math.isnan(v):
+                num += w * v
+                den += w
+        out.append(num / den if den > 0 else None)
+    return out

@@ -1,0 +1,269 @@
+"""Reward functions in TRL's call shape: tables, label-leak guard, bad input, a real GRPO run."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfimprove.errors import ConfigError, InputError, LabelLeakError
+from selfimprove.score.rewards import (
+    LABEL_FREE_REWARDS,
+    REWARDS,
+    combine_rewards,
+    completion_text,
+    get_reward,
+    make_paraphrases,
+    tfidf_embed,
+    verifier_reward,
+)
+
+
+def msgs(text):
+    """A completion in TRL's conversational form."""
+    return [{"role": "assistant", "content": text}]
+
+
+MV_TABLE = [
+    # completions, prompts, expected
+    (["= 4", "= 4", "= 5", "none"], ["p"] * 4, [1.0, 1.0, 0.0, 0.0]),
+    # two groups interleaved: grouping is by prompt, not by position
+    (["1", "2", "2", "3", "1", "3"], ["a", "b", "b", "a", "a", "b"], [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]),
+    # all-invalid group abstains: constant 0 (no signal)
+    (["x", "y"], ["q", "q"], [0.0, 0.0]),
+]
+
+
+@pytest.mark.parametrize("completions,prompts,expected", MV_TABLE)
+def test_majority_vote_reward_table(completions, prompts, expected):
+    fn = get_reward("majority_vote", extractor="last_number")
+    assert fn(completions, prompts=prompts) == expected
+    # conversational completions give the same rewards
+    assert fn([msgs(c) for c in completions], prompts=prompts) == expected
+
+
+def test_majority_vote_groups_by_prompt_id_and_messages():
+    fn = get_reward("majority_vote", extractor="boxed", tie_break="smallest")
+    prompts = [[{"role": "user", "content": "q1"}]] * 2 + [[{"role": "user", "content": "q2"}]] * 2
+    comps = ["\\boxed{3}", "\\boxed{2}", "\\boxed{9}", "\\boxed{9}"]
+    assert fn(comps, prompts=prompts) == [0.0, 1.0, 1.0, 1.0]
+    # prompt_id takes precedence over the prompt text
+    assert fn(comps, prompts=prompts, prompt_id=["a"] * 4) == [0.0, 0.0, 1.0, 1.0]
+    assert fn.__name__ == "majority_vote"
+    assert fn.stats["samples"] == 8
+
+
+def test_majority_vote_math_equivalence():
+    fn = get_reward("majority_vote", extractor="boxed", math=True)
+    comps = ["\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{3}"]
+    assert fn(comps, prompts=["p"] * 3) == [1.0, 1.0, 0.0]
+
+
+def test_majority_vote_logs_through_trl_log_metric():
+    logged = {}
+    fn = get_reward("majority_vote")
+    fn(["1", "1", "2", "2", "2", "3"], prompts=list("aaabbb"), log_metric=lambda k, v: logged.update({k: v}))
+    assert logged["majority_vote/majority_ratio"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_pseudo_label_and_paraphrase_rewards():
+    fn = get_reward("pseudo_label", extractor="last_number")
+    out = fn(["is 4", "is 4.0", "is 5", "??", "7"], pseudo_label=["4", "4", "4", "4", None])
+    assert out == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert fn.stats["abstained"] == 1 and fn.stats["no_answer"] == 1
+    co = get_reward("paraphrase_agreement", extractor="boxed", math=True)
+    assert co(["\\boxed{0.5}", "\\boxed{2}"], paraphrase_label=["1/2", "1/2"]) == [1.0, 0.0]
+    with pytest.raises(InputError, match="needs a 'pseudo_label' column"):
+        fn(["1"], prompts=["p"])
+
+
+def test_novelty_keeps_majority_above_minority():
+    fn = get_reward("novelty", extractor="last_number", novelty_weight=0.9)
+    comps = [
+        "The answer is 4",
+        "The answer is 4",
+        "Adding two and two by counting fingers gives 4",  # majority, novel reasoning
+        "totally different unusual reasoning path yields 5",  # minority, very novel
+        "no answer",
+    ]
+    out = fn(comps, prompts=["p"] * 5)
+    majority, minority = out[:3], out[3]
+    assert min(majority) > minority
+    assert out[2] > out[0]  # novelty varies within the majority side
+    assert out[0] == pytest.approx(out[1])
+    assert out[4] == -1.0
+    assert all(0.1 <= r <= 1.0 for r in majority) and -1.0 <= minority <= -0.1
+
+
+def test_novelty_property_random_groups():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    fn = get_reward("novelty", novelty_weight=0.99)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(st.text(max_size=40), st.sampled_from(["1", "2", "3", ""])), min_size=1, max_size=8
+        )
+    )
+    def check(samples):
+        comps = [f"{t} {a}" for t, a in samples]
+        out = fn(comps, prompts=["p"] * len(comps))
+        v = get_reward("majority_vote")(comps, prompts=["p"] * len(comps))
+        agree = [r for r, m in zip(out, v, strict=True) if m == 1.0]
+        other = [r for r, m in zip(out, v, strict=True) if m == 0.0]
+        if agree and other and any(x != 0.0 for x in out):
+            assert min(agree) > max(other)
+
+    check()
+
+
+def test_tfidf_embeddings_unit_and_similar():
+    a, b, c = tfidf_embed(["the cat sat", "the cat sat", "zzzz qqqq"])
+    assert sum(x * x for x in a.values()) == pytest.approx(1.0)
+    assert sum(a[k] * b.get(k, 0) for k in a) == pytest.approx(1.0)
+    assert sum(a[k] * c.get(k, 0) for k in a) < 0.2
+
+
+def test_format_and_length_rewards():
+    fmt = get_reward("format", extractor="boxed")
+    assert fmt(["\\boxed{1}", "1"]) == [1.0, 0.0]
+    tag = get_reward("format", pattern=r"<think>.*</think>\s*<answer>.*</answer>")
+    assert tag(["<think>a\nb</think> <answer>3</answer>", "<answer>3</answer>"]) == [1.0, 0.0]
+    ln = get_reward("length", max_length=10, min_length=2)
+    assert ln(["x" * 5, "x" * 15, "x" * 30, "", "x"]) == [0.0, -0.5, -1.0, -1.0, -0.5]
+    tok = get_reward("length", max_length=2, unit="tokens")
+    assert tok(["a", "b"], completion_ids=[[1, 2], [1, 2, 3, 4]]) == [0.0, -1.0]
+    with pytest.raises(InputError, match="completion_ids"):
+        tok(["a"])
+    with pytest.raises(ConfigError):
+        get_reward("length")
+
+
+def test_verifier_reward_is_supervised_and_reads_gold():
+    fn = get_reward("gold_verifier", extractor="boxed")
+    assert fn.__name__ == "verifier_reward"
+    assert fn(["\\boxed{0.5}", "\\boxed{2}", "\\boxed{2}"], answer=["1/2", "3", None]) == [1.0, 0.0, None]
+    with pytest.raises(InputError, match="gold column 'answer'"):
+        fn(["\\boxed{1}"])
+    assert verifier_reward(gold_column="gold")(["1"], gold=["1"]) == [1.0]
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_FREE_REWARDS - {"self_certainty"}))
+@pytest.mark.parametrize(
+    "column", ["answer", "gold", "label", "solution", "ground_truth", "target", "gold_answer"]
+)
+def test_label_free_rewards_refuse_gold(name, column):
+    opts = {"max_length": 5} if name == "length" else {}
+    fn = get_reward(name, **opts)
+    cols = {
+        "prompts": ["p", "p"],
+        "pseudo_label": ["1", "1"],
+        "paraphrase_label": ["1", "1"],
+        column: ["1", "1"],
+    }
+    with pytest.raises(LabelLeakError, match=column):
+        fn(["1", "2"], **cols)
+    combined = combine_rewards([(fn, 1.0)])
+    with pytest.raises(LabelLeakError):
+        combined(["1", "2"], **cols)
+
+
+def test_gold_named_label_column_rejected_at_construction():
+    from selfimprove.score.rewards import ColumnAgreementReward
+
+    with pytest.raises(LabelLeakError):
+        ColumnAgreementReward("answer")
+
+
+def test_mismatched_columns_and_empty_batches():
+    fn = get_reward("majority_vote")
+    with pytest.raises(InputError, match="column 'prompts' has 3 values but there are 2 completions"):
+        fn(["1", "2"], prompts=["a", "b", "c"])
+    assert fn([], prompts=[]) == []
+    assert get_reward("novelty")([], prompts=[]) == []
+    assert get_reward("pseudo_label")([], pseudo_label=[]) == []
+    # a single completion, no prompts: one group
+    assert fn(["7"]) == [1.0]
+    # odd completion shapes do not crash
+    assert fn([None, {"role": "assistant", "content": "3"}, [{"role": "user", "content": "9"}]]) == [
+        0.0,
+        1.0,
+        0.0,
+    ]
+
+
+def test_completion_text_shapes():
+    assert completion_text("a") == "a"
+    assert completion_text(msgs("b")) == "b"
+    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "c"}]}]) == "c"
+    assert completion_text(None) == ""
+
+
+def test_combine_rewards_weights_and_none():
+    a = get_reward("pseudo_label")
+    b = get_reward("length", max_length=3)
+    combo = combine_rewards([(a, 1.0), (b, 0.5)], name="combo")
+    assert combo.__name__ == "combo"
+    out = combo(["1", "22222"], pseudo_label=["1", None])
+    assert out == [1.0, 0.0 + 0.5 * (-2 / 3)]
+    none_fn = lambda completions, **kw: [None] * len(completions)  # noqa: E731
+    assert combine_rewards([(none_fn, 1.0)])(["x"]) == [None]
+    assert "1*pseudo_label+0.5*length" == combine_rewards([(a, 1), (b, 0.5)]).__name__
+    with pytest.raises(ConfigError):
+        combine_rewards([])
+
+
+def test_registry_and_errors():
+    assert set(REWARDS) == {
+        "majority_vote",
+        "pseudo_label",
+        "novelty",
+        "paraphrase_agreement",
+        "self_certainty",
+        "gold_verifier",
+        "format",
+        "length",
+    }
+    with pytest.raises(ConfigError, match="unknown reward 'nope'"):
+        get_reward("nope")
+    with pytest.raises(ConfigError, match="bad options"):
+        get_reward("majority_vote", bogus=1)
+    with pytest.raises(ConfigError, match="unknown extractor"):
+        get_reward("majority_vote", extractor="nope")
+    with pytest.raises(ValueError, match="tie_break"):
+        get_reward("majority_vote", tie_break="coin")
+    user = get_reward("tests.test_rewards:_user_reward")
+    assert user(["ab"]) == [2.0]
+
+
+def _user_reward(completions, **kw):
+    return [float(len(c)) for c in completions]
+
+
+class ScriptedGenerator:
+    """Returns fixed rewrites (a paraphrasing LLM whose outputs are known)."""
+
+    backend = "scripted"
+    model = "scripted"
+
+    def __init__(self, replies):
+        self.replies = replies
+        self.seen = []
+
+    def generate(self, prompts, sampling, *, adapter=None, progress=False):
+        from selfimprove.generate.base import Completion
+
+        self.seen.extend(prompts)
+        return [[Completion(r, "stop", 1, 1)] for r in self.replies[: len(prompts)]]
+
+    def close(self):
+        pass
+
+
+def test_make_paraphrases_rejects_changed_numbers():
+    gen = ScriptedGenerator(["Rewritten question: How much is 2 plus 3?", "What is 2 + 4?", "  "])
+    stats = {}
+    out = make_paraphrases(gen, ["What is 2 + 3?", "What is 2 + 3?", "Name a color."], stats=stats)
+    assert out == ["How much is 2 plus 3?", None, None]
+    assert stats == {"ok": 1, "numbers_changed": 1, "empty": 1}
+    assert "What is 2 + 3?" in gen.seen[0][0]["content"]
