@@ -1,0 +1,260 @@
+"""Score rollouts (the loop's entry point) and compute label-free diagnostics from scored rollouts.
+
+``score_rollouts`` turns rollout records into "Scored rollout records" (docs/DESIGN.md):
+extracted answer, per-prompt vote fields, reward terms and their weighted sum.
+``compute_diagnostics`` summarises them: majority ratio, answer entropy, distinct answers,
+response length, no-answer rate with reasons, reward statistics, and, only when an evaluation
+split passes gold explicitly, label accuracy and reward accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from selfimprove.errors import InputError
+from selfimprove.score.extract import answers_equal, get_extractor
+from selfimprove.score.rewards import check_no_gold, completion_text, pseudo_label_reward
+from selfimprove.score.vote import majority_vote
+
+RewardSpec = Any  # a reward function, or (reward function, weight)
+
+
+def _reward_terms(rewards: Any) -> list[tuple[str, Callable[..., Any], float]]:
+    """Normalise the rewards argument to (name, function, weight) triples with unique names."""
+    if isinstance(rewards, Mapping):
+        items = [
+            (name, *(spec if isinstance(spec, tuple) else (spec, 1.0))) for name, spec in rewards.items()
+        ]
+    else:
+        items = []
+        for spec in rewards:
+            fn, w = spec if isinstance(spec, tuple) else (spec, 1.0)
+            items.append((getattr(fn, "__name__", type(fn).__name__), fn, w))
+    names = [n for n, _f, _w in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"score_rollouts: reward names must be unique, repeated: {dup} (set name=...)")
+    return [(n, f, float(w)) for n, f, w in items]
+
+
+def score_rollouts(
+    rollouts: Sequence[Mapping[str, Any]],
+    extractor: Any = "last_number",
+    rewards: Any = None,
+    *,
+    extractor_options: Mapping[str, Any] | None = None,
+    math: bool = False,
+    min_valid: int = 1,
+    min_share: float = 0.0,
+    tie_break: str = "first",
+    judge_scores: Sequence[float | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Scored rollout records (docs/DESIGN.md) from rollout records; inputs are not modified.
+
+    The vote runs per ``prompt_id`` over all its samples; its pseudo-label is handed to the
+    rewards as the ``pseudo_label`` column, so the default reward (agreement with the vote, named
+    ``majority_vote``) and any ``pseudo_label`` reward are exact. ``rewards`` is a list of reward
+    functions or (function, weight) pairs, or a name -> function/(function, weight) mapping;
+    ``reward`` is their weighted sum over the terms that could score (None if none could).
+    Meta fields present on every record are passed to the rewards as columns, so a gold field in
+    ``meta`` raises LabelLeakError in any label-free reward.
+    """
+    ex = get_extractor(extractor, **dict(extractor_options or {}))
+    if rewards is None:
+        rewards = [pseudo_label_reward(extractor=ex, math=math, name="majority_vote")]
+    terms = _reward_terms(rewards)
+    if judge_scores is not None and len(judge_scores) != len(rollouts):
+        raise InputError(f"judge_scores has {len(judge_scores)} values for {len(rollouts)} rollouts")
+
+    records: list[dict[str, Any]] = []
+    for i, r in enumerate(rollouts):
+        if not isinstance(r, Mapping):
+            raise InputError(f"rollout {i}: expected a record (mapping), got {type(r).__name__}")
+        for key in ("prompt_id", "completion"):
+            if key not in r:
+                raise InputError(f"rollout {i}: missing field {key!r}")
+        meta = r.get("meta") or {}
+        check_no_gold(
+            list(meta) if isinstance(meta, Mapping) else [], f"rollout {i} meta (label-free scoring)"
+        )
+        rec = dict(r)
+        rec["extracted"] = ex(completion_text(r["completion"]))
+        records.append(rec)
+
+    equal = (lambda a, b: answers_equal(a, b, math=True)) if math else None
+    groups: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        groups.setdefault(str(rec["prompt_id"]), []).append(i)
+    for idx in groups.values():
+        vote = majority_vote(
+            [records[i]["extracted"] for i in idx],
+            min_valid=min_valid,
+            min_share=min_share,
+            tie_break=tie_break,
+            equal=equal,
+        )
+        for j, i in enumerate(idx):
+            records[i]["pseudo_label"] = vote.pseudo_label
+            records[i]["vote_share"] = vote.share_of(j)
+            records[i]["majority_ratio"] = vote.majority_ratio
+            records[i]["n_distinct"] = vote.n_distinct
+
+    columns: dict[str, list[Any]] = {
+        "prompts": [rec.get("prompt", "") for rec in records],
+        "prompt_id": [str(rec["prompt_id"]) for rec in records],
+        "pseudo_label": [rec["pseudo_label"] for rec in records],
+    }
+    meta_keys = None
+    for rec in records:
+        keys = set(rec.get("meta") or {}) if isinstance(rec.get("meta"), Mapping) else set()
+        meta_keys = keys if meta_keys is None else meta_keys & keys
+    for key in sorted(meta_keys or ()):
+        if key not in columns:
+            columns[key] = [rec["meta"][key] for rec in records]
+    completions = [rec["completion"] for rec in records]
+
+    per_term: dict[str, list[float | None]] = {}
+    for name, fn, _w in terms:
+        values = list(fn(completions, **columns)) if records else []
+        if len(values) != len(records):
+            raise InputError(f"reward {name!r} returned {len(values)} values for {len(records)} rollouts")
+        per_term[name] = [
+            None if v is None or (isinstance(v, float) and math_isnan(v)) else float(v) for v in values
+        ]
+    for i, rec in enumerate(records):
+        rec["rewards"] = {name: per_term[name][i] for name, _f, _w in terms}
+        valid = [(w, per_term[name][i]) for name, _f, w in terms if per_term[name][i] is not None]
+        rec["reward"] = sum(w * v for w, v in valid) if valid else None
+        if judge_scores is not None:
+            rec["judge_score"] = judge_scores[i]
+    return records
+
+
+def math_isnan(v: float) -> bool:
+    """NaN check that tolerates non-floats."""
+    try:
+        return math.isnan(v)
+    except TypeError:
+        return False
+
+
+def no_answer_reason(record: Mapping[str, Any]) -> str:
+    """Why a scored record has no extracted answer: empty, truncated, generation_error, no_match."""
+    if record.get("finish_reason") == "error":
+        return "generation_error"
+    if not completion_text(record.get("completion")).strip():
+        return "empty"
+    if record.get("finish_reason") == "length":
+        return "truncated"
+    return "no_match"
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    valid = [v for v in values if v is not None]
+    if not valid:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "n_none": len(values)}
+    mean = sum(valid) / len(valid)
+    std = math.sqrt(sum((v - mean) ** 2 for v in valid) / len(valid))
+    return {
+        "mean": mean,
+        "std": std,
+        "min": min(valid),
+        "max": max(valid),
+        "n": len(valid),
+        "n_none": len(values) - len(valid),
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def compute_diagnostics(
+    scored: Sequence[Mapping[str, Any]],
+    *,
+    gold: Mapping[str, Any] | None = None,
+    math: bool = False,
+) -> dict[str, Any]:
+    """Label-free health metrics of scored rollouts; with ``gold`` (evaluation only) accuracies.
+
+    Per-prompt metrics are averaged over prompts. Label accuracy = share of voted prompts whose
+    pseudo-label equals gold; reward accuracy = share of samples (of voted prompts) whose
+    majority-vote reward (agrees with the pseudo-label) equals their true correctness.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for i, rec in enumerate(scored):
+        if "prompt_id" not in rec:
+            raise InputError(f"scored record {i}: missing field 'prompt_id'")
+        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
+
+    reasons: Counter[str] = Counter()
+    lengths_chars, lengths_tokens = [], []
+    for rec in scored:
+        lengths_chars.append(len(completion_text(rec.get("completion"))))
+        if isinstance(rec.get("completion_tokens"), int):
+            lengths_tokens.append(rec["completion_tokens"])
+        if rec.get("extracted") is None:
+            reasons[no_answer_reason(rec)] += 1
+
+    ratios, entropies, distinct, zero_signal = [], [], [], 0
+    abstained = 0
+    for recs in groups.values():
+        answers = [r.get("extracted") for r in recs]
+        vote = majority_vote(answers)
+        ratios.append(vote.majority_ratio)
+        entropies.append(vote.entropy())
+        distinct.append(vote.n_distinct)
+        if recs[0].get("pseudo_label", vote.pseudo_label) is None:
+            abstained += 1
+        rewards = {r.get("reward") for r in recs}
+        if len(rewards) <= 1:
+            zero_signal += 1  # constant reward in the group: no GRPO advantage
+
+    n = len(scored)
+    out: dict[str, Any] = {
+        "n_samples": n,
+        "n_prompts": len(groups),
+        "majority_ratio": _mean(ratios),
+        "answer_entropy": _mean(entropies),
+        "n_distinct": _mean(distinct),
+        "response_length_chars": _mean(lengths_chars),
+        "response_length_tokens": _mean(lengths_tokens),
+        "no_answer_rate": sum(reasons.values()) / n if n else None,
+        "no_answer_reasons": dict(reasons),
+        "abstain_rate": abstained / len(groups) if groups else None,
+        "zero_signal_prompt_rate": zero_signal / len(groups) if groups else None,
+        "reward": _stats([r.get("reward") for r in scored]),
+        "rewards": {},
+    }
+    names = sorted({k for r in scored for k in (r.get("rewards") or {})})
+    for name in names:
+        out["rewards"][name] = _stats([(r.get("rewards") or {}).get(name) for r in scored])
+
+    if gold is not None:
+        label_hits, label_n, missing = 0, 0, 0
+        reward_hits, reward_n, correct = 0, 0, []
+        for pid, recs in groups.items():
+            if pid not in gold:
+                missing += 1
+                continue
+            g = gold[pid]
+            pseudo = recs[0].get("pseudo_label")
+            for r in recs:
+                correct.append(answers_equal(r.get("extracted"), g, math=math))
+            if pseudo is None:
+                continue
+            label_n += 1
+            label_hits += int(answers_equal(pseudo, g, math=math))
+            for r in recs:
+                agrees = answers_equal(r.get("extracted"), pseudo, math=math)
+                is_right = answers_equal(r.get("extracted"), g, math=math)
+                reward_hits += int(agrees == is_right)
+                reward_n += 1
+        out["label_accuracy"] = label_hits / label_n if label_n else None
+        out["reward_accuracy"] = reward_hits / reward_n if reward_n else None
+        out["sample_accuracy"] = _mean([float(c) for c in correct])
+        out["gold_missing_prompts"] = missing
+    return out
