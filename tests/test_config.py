@@ -9,6 +9,7 @@ import pytest
 
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import (
+    SUPERVISED_REWARDS,
     RunConfig,
     dump_config,
     iter_fields,
@@ -41,7 +42,7 @@ BAD_YAML = [
     ("loop:\n  on_empty_data: continue\n", ["loop.on_empty_data", "'skip'", "'stop'"]),
     ("evaluation:\n  n: 4\n  k: [1, 8]\n", ["evaluation", "1..n=4", "[8]"]),
     ("generation:\n  n: 4\n  n_train: 8\n", ["generation", "n_train (8) cannot exceed n (4)"]),
-    ("task:\n  name: null\n", ["task", "task.train_file"]),
+    ("task:\n  name: null\n", ["task", "task.file"]),
     (
         "scoring:\n  rewards:\n    - name: majority_vote\n      wieght: 2\n",
         ["cfg.yaml:4:", "scoring.rewards[0].wieght", "did you mean 'weight'"],
@@ -150,7 +151,7 @@ def test_supervised_reward_needs_flag():
         from selfimprove.score.rewards import REWARDS
     except ImportError:
         pytest.skip("selfimprove.score.rewards not built yet")
-    name = next((n for n in ("verifier", "verifier_reward") if n in REWARDS), None)
+    name = next((n for n in ("gold_verifier", "verifier") if n in REWARDS), None)
     if name is None:
         pytest.skip("no gold-label reward registered")
     data = {"scoring": {"rewards": [{"name": name}]}}
@@ -189,7 +190,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name and cfg.description.strip(), f"{path.name} needs a name and a description"
-    uses_gold = any(t.name in ("verifier", "verifier_reward") for t in cfg.scoring.rewards)
+    uses_gold = any(t.name in SUPERVISED_REWARDS for t in cfg.scoring.rewards)
     assert uses_gold == cfg.supervised, f"{path.name}: supervised flag must match gold-reward use"
     if cfg.supervised:
         assert "SUPERVISED" in path.read_text(), "a supervised baseline must say so in its file"

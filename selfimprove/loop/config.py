@@ -59,46 +59,51 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    """Where prompts come from: a bundled synthetic task, or your own JSONL files."""
+    """Where prompts come from: a bundled synthetic task, or your own JSONL file."""
 
     name: str | None = Field(
         "arithmetic",
-        description="Bundled task name (see `selfimprove.tasks`), e.g. `arithmetic`. Set to null and "
-        "give `train_file` to use your own prompts.",
+        description="Bundled task name (`arithmetic`, `counting`, `sorting`, `string_ops`). Set to null "
+        "and give `file` to use your own prompts.",
+    )
+    file: str | None = Field(
+        None,
+        description="User JSONL task: one object per line with a prompt (`prompt_field`) and optionally a "
+        "gold answer (`gold_field`, split off at load time and used only for evaluation). Rows go to the "
+        "train or eval split by a hash of the prompt, or by a `split` field.",
     )
     level: int = Field(1, ge=1, description="Difficulty level of a bundled task.")
-    train_size: int = Field(64, ge=1, description="Prompts in the label-free self-training split.")
-    eval_size: int = Field(64, ge=1, description="Prompts in the evaluation split (gold used only there).")
-    seed: int = Field(0, description="Seed of the bundled task's split generator.")
-    train_file: str | None = Field(
-        None,
-        description="User JSONL of self-training prompts (one object per line with `prompt_field`). "
-        "Gold-named fields in it are ignored for training.",
+    train_size: int | None = Field(
+        64, ge=1, description="Prompts in the label-free self-training split (null: all rows of a user file)."
     )
-    eval_file: str | None = Field(
-        None,
-        description="User JSONL of evaluation prompts with gold answers (`answer_field`); used only to "
-        "evaluate. Without it a user task has no accuracy metrics, only label-free diagnostics.",
+    eval_size: int | None = Field(
+        64, ge=1, description="Prompts in the evaluation split (null: all rows of a user file)."
     )
-    prompt_field: str = Field("prompt", description="Field holding the prompt in user JSONL files.")
-    id_field: str = Field(
-        "id", description="Field holding a prompt id in user JSONL files (else line number)."
+    seed: int = Field(0, description="Seed of the split generator / shuffle.")
+    prompt_field: str = Field("prompt", description="Field holding the prompt in a user JSONL file.")
+    gold_field: str = Field("answer", description="Field holding the gold answer in a user JSONL file.")
+    id_field: str = Field("id", description="Field holding the prompt id in a user JSONL file.")
+    eval_fraction: float = Field(
+        0.2, ge=0, le=1, description="Share of a user file's rows with gold that go to the eval split."
     )
-    answer_field: str = Field("answer", description="Field holding the gold answer in `eval_file`.")
     extractor: str | None = Field(
         None,
-        description="Answer extractor for a user task (e.g. `boxed`, `last_number`, `answer_tag`, "
-        "`math`); bundled tasks bring their own. `scoring.extractor` overrides both.",
+        description="Answer extractor of a user task (`answer_is`, `boxed`, `last_number`, `choice`, "
+        "`regex`, `json_field`, `math`, or `module:function`); bundled tasks bring their own. "
+        "`scoring.extractor` overrides both.",
+    )
+    extractor_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options of the user task's extractor (e.g. `pattern`)."
     )
 
     @model_validator(mode="after")
     def _source(self) -> TaskConfig:
-        if self.name is None and self.train_file is None:
-            raise ValueError("give either task.name (a bundled task) or task.train_file (your JSONL)")
-        if self.name is not None and self.train_file is not None:
-            raise ValueError(
-                "task.name and task.train_file are exclusive: set task.name: null for a user task"
-            )
+        if self.name is None and self.file is None:
+            raise ValueError("give either task.name (a bundled task) or task.file (your JSONL)")
+        if self.name is not None and self.file is not None:
+            raise ValueError("task.name and task.file are exclusive: set task.name: null for a user task")
+        if self.file is None and (self.train_size is None or self.eval_size is None):
+            raise ValueError("a bundled task needs train_size and eval_size")
         return self
 
 
@@ -165,6 +170,10 @@ class ScoringConfig(_Section):
 
     extractor: str | None = Field(
         None, description="Answer extractor name; null uses the task's own extractor."
+    )
+    extractor_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options of `scoring.extractor` (e.g. `pattern` for `regex`).",
     )
     rewards: list[RewardTerm] = Field(
         default_factory=lambda: [RewardTerm(name="majority_vote")],
@@ -345,7 +354,7 @@ class RunConfig(_Section):
 
 
 # Reward names that use gold labels: allowed only in runs marked `supervised: true`.
-SUPERVISED_REWARDS = frozenset({"verifier", "verifier_reward", "gold", "ground_truth"})
+SUPERVISED_REWARDS = frozenset({"gold_verifier", "verifier", "verifier_reward"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,7 +625,7 @@ def _cross_check(cfg: RunConfig, where: _Where) -> None:
         rewards_mod = None
     registry = getattr(rewards_mod, "REWARDS", None) if rewards_mod else None
     for i, term in enumerate(cfg.scoring.rewards):
-        if registry is not None and term.name not in registry:
+        if registry is not None and ":" not in term.name and term.name not in registry:
             path = ("scoring", "rewards", i, "name")
             raise ConfigError(
                 f"{where(path)}scoring.rewards[{i}].name: unknown reward {term.name!r}"

@@ -1,0 +1,141 @@
+"""Label-free collapse guard and label-free choice of the best round.
+
+Label-free self-training tends to rise, then collapse: the policy agrees with itself more and
+more (majority ratio saturates), its answers stop varying (answer entropy and distinct answers
+fall), and completions shrink or balloon. None of these signals needs a gold label, so the guard
+can stop the loop or roll back to the last healthy adapter without touching gold. Thresholds are
+relative to a reference round (round 0, the base model) except the majority-ratio ceiling.
+
+The best round is chosen without gold too: among rounds the guard did not flag, the one with the
+highest mean majority ratio on the evaluation prompts (agreement of the policy with itself, which
+counts samples without an answer against it). Gold-based metrics are never read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# The label-free diagnostics the guard reads (computed on evaluation rollouts, gold unused).
+MAJORITY = "eval/majority_ratio"
+ENTROPY = "eval/answer_entropy"
+DISTINCT = "eval/distinct_answers"
+LENGTH = "eval/mean_length"
+GUARD_KEYS = (MAJORITY, ENTROPY, DISTINCT, LENGTH)
+
+
+@dataclass
+class GuardDecision:
+    """The guard's verdict on one round."""
+
+    round: int
+    collapsed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for state.json and the report."""
+        return {"round": self.round, "collapsed": self.collapsed, "reasons": list(self.reasons)}
+
+
+def _ratio(cur: float | None, ref: float | None) -> float | None:
+    if cur is None or ref is None or ref <= 0:
+        return None
+    return cur / ref
+
+
+def check_collapse(
+    reference: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    round: int = 0,
+    min_entropy_ratio: float | None = 0.3,
+    min_distinct_ratio: float | None = 0.3,
+    max_majority_ratio: float | None = 0.99,
+    min_length_ratio: float | None = 0.5,
+    max_length_ratio: float | None = 3.0,
+) -> GuardDecision:
+    """Apply the collapse rules to ``current`` diagnostics, relative to ``reference``; None turns a rule off."""
+    reasons: list[str] = []
+    ent = _ratio(current.get(ENTROPY), reference.get(ENTROPY))
+    if min_entropy_ratio is not None and ent is not None and ent < min_entropy_ratio:
+        reasons.append(
+            f"answer entropy fell to {ent:.0%} of the reference "
+            f"({current[ENTROPY]:.3f} vs {reference[ENTROPY]:.3f}; limit {min_entropy_ratio:.0%})"
+        )
+    dis = _ratio(current.get(DISTINCT), reference.get(DISTINCT))
+    if min_distinct_ratio is not None and dis is not None and dis < min_distinct_ratio:
+        reasons.append(
+            f"distinct answers per prompt fell to {dis:.0%} of the reference "
+            f"({current[DISTINCT]:.2f} vs {reference[DISTINCT]:.2f}; limit {min_distinct_ratio:.0%})"
+        )
+    maj, maj_ref = current.get(MAJORITY), reference.get(MAJORITY)
+    if max_majority_ratio is not None and maj is not None and maj > max_majority_ratio:
+        # A base model that already agrees with itself this much has not collapsed by training.
+        if maj_ref is None or maj_ref <= max_majority_ratio:
+            reasons.append(f"majority ratio saturated at {maj:.3f} (limit {max_majority_ratio})")
+    ln = _ratio(current.get(LENGTH), reference.get(LENGTH))
+    if min_length_ratio is not None and ln is not None and ln < min_length_ratio:
+        reasons.append(
+            f"mean completion length fell to {ln:.0%} of the reference "
+            f"({current[LENGTH]:.1f} vs {reference[LENGTH]:.1f} tokens; limit {min_length_ratio:.0%})"
+        )
+    if max_length_ratio is not None and ln is not None and ln > max_length_ratio:
+        reasons.append(
+            f"mean completion length grew to {ln:.1f}x the reference "
+            f"({current[LENGTH]:.1f} vs {reference[LENGTH]:.1f} tokens; limit {max_length_ratio}x)"
+        )
+    return GuardDecision(round=round, collapsed=bool(reasons), reasons=reasons)
+
+
+def label_free_score(metrics: Mapping[str, Any]) -> float | None:
+    """The label-free quality of a round: mean majority ratio on evaluation prompts (None if unknown)."""
+    value = metrics.get(MAJORITY)
+    return None if value is None else float(value)
+
+
+def best_round(
+    history: Sequence[Mapping[str, Any]], collapsed: Sequence[int] = ()
+) -> tuple[int | None, float | None]:
+    """(round, score) of the best round by :func:`label_free_score`, skipping ``collapsed`` rounds.
+
+    Ties go to the earlier round (less training for the same agreement). ``history`` holds one
+    metrics mapping per round with a ``round`` key.
+    """
+    best: tuple[int | None, float | None] = (None, None)
+    skip = set(collapsed)
+    for m in history:
+        r = int(m["round"])
+        if r in skip:
+            continue
+        score = label_free_score(m)
+        if score is None:
+            continue
+        if best[1] is None or score > best[1]:
+            best = (r, score)
+    return best
+
+
+def guard_settings(guard_cfg: Any) -> dict[str, Any]:
+    """The threshold keyword arguments of :func:`check_collapse` from a ``GuardConfig``."""
+    return {
+        "min_entropy_ratio": guard_cfg.min_entropy_ratio,
+        "min_distinct_ratio": guard_cfg.min_distinct_ratio,
+        "max_majority_ratio": guard_cfg.max_majority_ratio,
+        "min_length_ratio": guard_cfg.min_length_ratio,
+        "max_length_ratio": guard_cfg.max_length_ratio,
+    }
+
+
+__all__ = [
+    "DISTINCT",
+    "ENTROPY",
+    "GUARD_KEYS",
+    "LENGTH",
+    "MAJORITY",
+    "GuardDecision",
+    "best_round",
+    "check_collapse",
+    "guard_settings",
+    "label_free_score",
+]

