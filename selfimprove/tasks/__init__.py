@@ -1,1 +1,56 @@
-"""tasks"""
+"""Tasks: bundled synthetic families (arithmetic, counting, sorting, string_ops) and user JSONL tasks.
+
+``get_task(name)`` returns a bundled task by name, or loads a user task when ``name`` is a path to
+a ``.jsonl`` file (keyword options go to :func:`jsonl_task`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from selfimprove.errors import InputError
+from selfimprove.tasks.base import (
+    GOLD_KEYS,
+    SPLITS,
+    Task,
+    answers_equal,
+    extract,
+    find_gold_keys,
+    normalize_answer,
+    split_of,
+)
+from selfimprove.tasks.jsonl import JsonlTask, jsonl_task
+from selfimprove.tasks.synthetic import ARITHMETIC, COUNTING, SORTING, STRING_OPS, SyntheticTask
+
+TASKS: dict[str, SyntheticTask] = {t.name: t for t in (ARITHMETIC, COUNTING, SORTING, STRING_OPS)}
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """A bundled task by name, or a user task from a ``.jsonl`` path (options go to ``jsonl_task``)."""
+    if name in TASKS:
+        if options:
+            raise InputError(f"task {name!r} is bundled and takes no options (got {sorted(options)})")
+        return TASKS[name]
+    if name.endswith(".jsonl") or Path(name).expanduser().is_file():
+        return jsonl_task(name, **options)
+    raise InputError(
+        f"unknown task {name!r}; bundled tasks: {', '.join(TASKS)}; or give a path to a .jsonl file"
+    )
+
+
+__all__ = [
+    "GOLD_KEYS",
+    "SPLITS",
+    "TASKS",
+    "JsonlTask",
+    "SyntheticTask",
+    "Task",
+    "answers_equal",
+    "extract",
+    "find_gold_keys",
+    "get_task",
+    "jsonl_task",
+    "normalize_answer",
+    "split_of",
+]

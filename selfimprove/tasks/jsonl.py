@@ -1,0 +1,159 @@
+"""User tasks from a JSONL file: one JSON object per line, gold split off at load time.
+
+Each line needs a prompt (``prompt_field``: a string or a list of chat messages) and may carry a
+gold answer (``gold_field``). Gold is removed from the record as it is read and kept in a separate
+mapping, so prompts handed to the loop never contain it. Every other field goes to ``meta``,
+except gold-named fields, which are refused (they would be a label leak). Rows are assigned to
+"train" or "eval" by a hash of the prompt (only rows with gold can be "eval"), unless a ``split``
+field names the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfimprove.errors import InputError
+from selfimprove.tasks.base import GOLD_KEYS, SPLITS, answers_equal, extract, find_gold_keys
+
+
+@dataclass
+class JsonlTask:
+    """A user task loaded from a JSONL file (see the module docstring for the format)."""
+
+    name: str
+    path: Path
+    records: list[dict[str, Any]]
+    gold: dict[str, str]
+    splits: dict[str, str]
+    extractor: str = "answer_is"
+    extractor_options: dict[str, Any] = field(default_factory=dict)
+    case_sensitive: bool = True
+
+    def make_split(
+        self, split: str, n: int | None = None, seed: int = 0, level: int | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The file's rows of ``split`` (the first ``n`` after a seeded shuffle if ``n`` is given)."""
+        import random
+
+        if split not in SPLITS:
+            raise InputError(f"task {self.name}: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        rows = [r for r in self.records if self.splits[r["prompt_id"]] == split]
+        if n is not None:
+            if n < 1:
+                raise InputError(f"task {self.name}: n must be >= 1, got {n}")
+            rows = list(rows)
+            random.Random(f"{self.name}|{split}|{seed}").shuffle(rows)
+            rows = rows[:n]
+        prompts = [json.loads(json.dumps(r)) for r in rows]  # deep copies: callers may mutate them
+        gold = {r["prompt_id"]: self.gold[r["prompt_id"]] for r in rows if r["prompt_id"] in self.gold}
+        return prompts, gold
+
+    def extract(self, text: str) -> str | None:
+        """The normalised final answer in a completion (None when there is none)."""
+        return extract(text, self.extractor, self.extractor_options)
+
+    def check(self, pred: str | None, gold: str) -> bool:
+        """Whether an extracted answer equals the gold answer (numbers by value)."""
+        return answers_equal(pred, gold, case_sensitive=self.case_sensitive)
+
+
+def _check_prompt(prompt: Any, where: str) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InputError(f"{where}: the prompt is empty")
+        return
+    if not isinstance(prompt, list) or not prompt:
+        raise InputError(f"{where}: the prompt must be a string or a non-empty list of chat messages")
+    for i, m in enumerate(prompt):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise InputError(
+                f"{where}: prompt message {i} must be {{'role': str, 'content': str}}, got {m!r}"
+            )
+
+
+def jsonl_task(
+    path: str | Path,
+    *,
+    extractor: str = "answer_is",
+    extractor_options: dict[str, Any] | None = None,
+    gold_field: str = "answer",
+    prompt_field: str = "prompt",
+    id_field: str = "id",
+    eval_fraction: float = 0.2,
+    name: str | None = None,
+    case_sensitive: bool = True,
+) -> JsonlTask:
+    """Load a user task from JSONL; errors name the file and line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"task file not found: {p}")
+    if not 0 <= eval_fraction <= 1:
+        raise InputError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
+    # Validate the extractor name now, not after an hour of generation.
+    extract("", extractor, extractor_options)
+    records: list[dict[str, Any]] = []
+    gold: dict[str, str] = {}
+    splits: dict[str, str] = {}
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            where = f"{p}:{lineno}"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+            if prompt_field not in row:
+                raise InputError(f"{where}: missing the prompt field {prompt_field!r} (keys: {sorted(row)})")
+            prompt = row.pop(prompt_field)
+            _check_prompt(prompt, where)
+            answer = row.pop(gold_field, None)
+            pid = row.pop(id_field, None)
+            split = row.pop("split", None)
+            leaks = find_gold_keys(row) + [f"{prompt_field}{k}" for k in find_gold_keys(prompt)]
+            if leaks:
+                raise InputError(
+                    f"{where}: field(s) {', '.join(leaks)} look like gold labels but are not the gold "
+                    f"field {gold_field!r}; rename them or pass gold_field= (gold-named fields: "
+                    f"{', '.join(sorted(GOLD_KEYS))})"
+                )
+            text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            pid = str(pid) if pid is not None else f"{p.stem}-{digest[:12]}"
+            if pid in splits:
+                raise InputError(f"{where}: duplicate prompt id {pid!r}")
+            if split is None:
+                bucket = int(digest[:12], 16) / float(16**12)
+                split = "eval" if answer is not None and bucket < eval_fraction else "train"
+            elif split not in SPLITS:
+                raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            if split == "eval" and answer is None:
+                raise InputError(f"{where}: an 'eval' row needs a gold answer in {gold_field!r}")
+            if answer is not None:
+                if isinstance(answer, (dict, list)):
+                    raise InputError(f"{where}: the gold field {gold_field!r} must be a string or number")
+                gold[pid] = str(answer)
+            splits[pid] = split
+            records.append({"prompt_id": pid, "prompt": prompt, "meta": row})
+    if not records:
+        raise InputError(f"{p}: the task file has no rows")
+    return JsonlTask(
+        name=name or p.stem,
+        path=p,
+        records=records,
+        gold=gold,
+        splits=splits,
+        extractor=extractor,
+        extractor_options=dict(extractor_options or {}),
+        case_sensitive=case_sensitive,
+    )

@@ -1,0 +1,207 @@
+"""Bundled and user tasks: determinism, disjoint splits, no gold in prompts, extract+check round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfimprove.errors import InputError
+from selfimprove.tasks import GOLD_KEYS, TASKS, find_gold_keys, get_task, jsonl_task, split_of
+from selfimprove.tasks.base import answers_equal, normalize_answer
+
+FAMILIES = sorted(TASKS)
+LEVELS = (1, 2, 3)
+
+
+def test_at_least_three_families_including_arithmetic():
+    assert {"arithmetic", "counting", "sorting", "string_ops"} <= set(TASKS)
+    assert get_task("counting") is TASKS["counting"]
+    with pytest.raises(InputError, match="unknown task 'arithmetc'"):
+        get_task("arithmetc")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_deterministic_per_seed(name):
+    task = get_task(name)
+    a = task.make_split("train", 20, seed=3, level=2)
+    b = task.make_split("train", 20, seed=3, level=2)
+    c = task.make_split("train", 20, seed=4, level=2)
+    assert a == b
+    assert [p["prompt_id"] for p in a[0]] != [p["prompt_id"] for p in c[0]]
+    # a longer request starts with the same prompts (a stream, not a reshuffle)
+    longer = task.make_split("train", 30, seed=3, level=2)
+    assert longer[0][:20] == a[0]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_splits_disjoint_and_ids_unique(name, level):
+    task = get_task(name)
+    seen: dict[str, set[str]] = {}
+    texts: dict[str, set[str]] = {}
+    for split in ("base", "train", "eval"):
+        ids: set[str] = set()
+        for seed in (0, 1):
+            prompts, gold = task.make_split(split, 60, seed=seed, level=level)
+            assert len({p["prompt_id"] for p in prompts}) == 60
+            assert set(gold) == {p["prompt_id"] for p in prompts}
+            ids |= {p["prompt_id"] for p in prompts}
+            texts.setdefault(split, set()).update(p["prompt"][0]["content"] for p in prompts)
+            assert all(p["meta"]["split"] == split and p["meta"]["level"] == level for p in prompts)
+        seen[split] = ids
+    assert not seen["base"] & seen["train"]
+    assert not seen["base"] & seen["eval"]
+    assert not seen["train"] & seen["eval"]
+    assert not texts["train"] & texts["eval"]
+    assert not texts["base"] & texts["eval"]
+
+
+def test_split_of_is_a_fixed_function_of_the_key():
+    shares = {"base": 0, "train": 0, "eval": 0}
+    for i in range(3000):
+        shares[split_of(f"k{i}")] += 1
+    assert split_of("k1") == split_of("k1")
+    assert 0.55 < shares["base"] / 3000 < 0.65
+    assert 0.15 < shares["eval"] / 3000 < 0.25
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_no_gold_anywhere_in_prompts(name, level):
+    task = get_task(name)
+    prompts, gold = task.make_split("eval", 40, seed=0, level=level)
+    for p in prompts:
+        assert set(p) == {"prompt_id", "prompt", "meta"}
+        assert find_gold_keys(p) == []
+        # the answer sentence is never in the prompt (only the format instruction 'X')
+        assert "The answer is " + gold[p["prompt_id"]] not in json.dumps(p)
+
+
+def test_find_gold_keys_sees_nested_fields():
+    rec = {"prompt": [{"role": "user", "content": "x"}], "meta": {"a": [{"b": {"Answer": 1}}], "label": 2}}
+    assert sorted(find_gold_keys(rec)) == ["meta.a[0].b.Answer", "meta.label"]
+    assert {"answer", "gold", "label", "solution", "ground_truth", "target"} == GOLD_KEYS
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_extract_check_round_trip(name, level):
+    task = get_task(name)
+    prompts, gold = task.make_split("eval", 50, seed=1, level=level)
+    answers = list(gold.values())
+    for g in gold.values():
+        text = "Let me think. " + task.format_answer(g)
+        assert task.check(task.extract(text), g), (text, task.extract(text))
+        # a different gold answer of the same task must not pass
+        other = next(a for a in answers if normalize_answer(a) != normalize_answer(g))
+        assert not task.check(task.extract(text), other)
+    assert not task.check(None, answers[0])
+    assert task.extract("no final answer here") is None
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_demonstrations_come_from_base_split_and_end_in_gold(name):
+    task = get_task(name)
+    demos = task.make_demonstrations(30, seed=0, level=2)
+    base_prompts, base_gold = task.make_split("base", 30, seed=0, level=2)
+    assert [d["prompt"] for d in demos] == [p["prompt"] for p in base_prompts]
+    for d, p in zip(demos, base_prompts, strict=True):
+        assert task.check(task.extract(d["completion"]), base_gold[p["prompt_id"]])
+
+
+def test_arithmetic_worked_solution_is_correct_arithmetic():
+    for d in get_task("arithmetic").make_demonstrations(50, seed=0, level=3):
+        steps = d["completion"].split(". The answer")[0].split(". ")
+        for step in steps:
+            lhs, rhs = step.rstrip(".").split("=")
+            assert eval(lhs) == int(rhs)  # noqa: S307 - digits and one operator, generated above
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold", "equal"),
+    [
+        ("12", "12", True),
+        ("12.0", "12", True),
+        ("1,000", "1000", True),
+        ("3,5,12", "3, 5, 12", True),
+        ("3, 12, 5", "3, 5, 12", False),
+        ("ABC", "abc", False),
+        (None, "1", False),
+        ("", "1", False),
+    ],
+)
+def test_answers_equal_table(pred, gold, equal):
+    assert answers_equal(pred, gold) is equal
+
+
+def test_bad_split_level_and_n():
+    t = get_task("sorting")
+    with pytest.raises(InputError, match="unknown split 'test'"):
+        t.make_split("test", 3)
+    with pytest.raises(InputError, match="unknown level 7"):
+        t.make_split("train", 3, level=7)
+    with pytest.raises(InputError, match="n must be"):
+        t.make_split("train", 0)
+    # a problem space too small for the request is an error, not an endless loop
+    from selfimprove.tasks.synthetic import Problem, SyntheticTask
+
+    tiny = SyntheticTask(
+        "tiny", "two problems", lambda rng, level: Problem(str(rng.randint(0, 1)), "q", "a", "s")
+    )
+    with pytest.raises(InputError, match="cannot make 5 distinct"):
+        tiny.make_split("eval", 5)
+
+
+def _write(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_jsonl_task_splits_gold_off(tmp_path):
+    rows = [{"prompt": f"What is {i}+1?", "answer": str(i + 1), "source": "mine"} for i in range(200)]
+    rows.append({"prompt": [{"role": "user", "content": "unlabeled"}], "id": "u1"})
+    task = get_task(str(_write(tmp_path / "q.jsonl", rows)), extractor="last_number")
+    train, train_gold = task.make_split("train")
+    evals, eval_gold = task.make_split("eval")
+    assert len(train) + len(evals) == 201
+    assert 20 <= len(evals) <= 60  # about 20% of the labelled rows
+    assert set(eval_gold) == {p["prompt_id"] for p in evals}
+    assert "u1" in {p["prompt_id"] for p in train} and "u1" not in train_gold
+    for p in train + evals:
+        assert find_gold_keys(p) == []
+        assert p["meta"] == ({"source": "mine"} if p["prompt_id"] != "u1" else {})
+    pid = evals[0]["prompt_id"]
+    assert task.check(task.extract(f"so it is {eval_gold[pid]}"), eval_gold[pid])
+    # seeded subsets
+    assert task.make_split("train", 5, seed=1) == task.make_split("train", 5, seed=1)
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (['{"prompt": "a", "answer": "1"}', "{not json"], r"q\.jsonl:2: not valid JSON"),
+        (['{"prompt": "a"}', '{"question": "b"}'], r"q\.jsonl:2: missing the prompt field 'prompt'"),
+        (['{"prompt": "  "}'], r"q\.jsonl:1: the prompt is empty"),
+        (['{"prompt": "a", "meta": {"label": 1}}'], r"q\.jsonl:1: field\(s\) meta\.label look like gold"),
+        (['{"prompt": "a", "split": "eval"}'], r"q\.jsonl:1: an 'eval' row needs a gold answer"),
+        (['{"prompt": "a", "id": 1}', '{"prompt": "b", "id": 1}'], r"q\.jsonl:2: duplicate prompt id"),
+        (['{"prompt": [{"role": "user"}]}'], r"q\.jsonl:1: prompt message 0"),
+        (["", ""], r"no rows"),
+    ],
+)
+def test_jsonl_task_errors_name_file_and_line(tmp_path, lines, match):
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=match):
+        jsonl_task(path)
+
+
+def test_jsonl_task_unknown_extractor_and_missing_file(tmp_path):
+    from selfimprove.errors import ConfigError
+
+    path = _write(tmp_path / "q.jsonl", [{"prompt": "a"}])
+    with pytest.raises(ConfigError, match="unknown extractor 'boxd'"):
+        jsonl_task(path, extractor="boxd")
+    with pytest.raises(InputError, match="not found"):
+        jsonl_task(tmp_path / "nope.jsonl")
