@@ -43,3 +43,38 @@ def vllm_generator(tiny_model_dir):
     )
     yield gen
     gen.close()
+
+
+@pytest.fixture(scope="session")
+def make_lora_adapter(tiny_model_dir):
+    """Factory ``make(out_dir, seed=0, r=8) -> Path``: a PEFT LoRA adapter on ``tiny_model_dir``.
+
+    The B matrices are random (non-zero, seeded), so the adapter really changes the model's output
+    (a fresh PEFT LoRA is a no-op). Saving again to the same folder with another seed gives a new
+    adapter version there.
+    """
+    from pathlib import Path
+
+    def make(out_dir, seed: int = 0, r: int = 8) -> Path:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+        cfg = LoraConfig(
+            r=r,
+            lora_alpha=2 * r,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, cfg)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        return Path(out_dir)
+
+    return make
