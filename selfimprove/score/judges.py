@@ -96,7 +96,13 @@ def parse_score(text: str, *, min_score: float = 0, max_score: float = 5) -> flo
     return None
 
 
-_VERDICT = re.compile(r"(?:^|[^A-Za-z])(A|B|C|tie)(?:[^A-Za-z]|$)", re.IGNORECASE)
+# Letters are matched case-sensitively: a lowercase "a" is usually the article, not a verdict.
+_VERDICT = re.compile(r"(?:^|[^A-Za-z])(A|B|C|(?i:tie))(?:[^A-Za-z]|$)")
+_NAMED = re.compile(
+    r"(?i:response|answer|verdict|winner|choice)\s{0,4}(?i:is|:)?\s{0,4}\[{0,2}\s{0,2}(A|B|C)\b"
+)
+_LEADING = re.compile(r"\W{0,4}(A|B|C|(?i:tie))\b")
+_TIE_WORDS = re.compile(r"\b(?:tie|equally good|both are equal)\b", re.IGNORECASE)
 
 
 def parse_verdict(text: str) -> str | None:
@@ -106,17 +112,11 @@ def parse_verdict(text: str) -> str | None:
     t = text[-_MAX_REPLY:].strip()
     if not t:
         return None
-    m = re.search(
-        r"(?:response|answer|verdict|winner)\s{0,4}(?:is|:)?\s{0,4}\[{0,2}\s{0,2}(A|B|C)\b", t, re.IGNORECASE
-    )
-    if m is None:
-        m = re.match(r"\W{0,4}(A|B|C|tie)\b", t, re.IGNORECASE)
+    m = _NAMED.search(t) or _LEADING.match(t)
     if m is None and len(t) <= 40:
         m = _VERDICT.search(t)
     if m is None:
-        if re.search(r"\b(?:tie|equally good|both are equal)\b", t, re.IGNORECASE):
-            return "tie"
-        return None
+        return "tie" if _TIE_WORDS.search(t) else None
     letter = m.group(1).upper()
     return "tie" if letter in ("C", "TIE") else letter
 
@@ -204,7 +204,12 @@ class PointwiseJudge:
     def report(self) -> dict[str, float]:
         """Counts plus the parse-failure rate."""
         calls = self.stats["calls"]
-        return {**self.stats, "failure_rate": (calls - self.stats["parsed"]) / calls if calls else 0.0}
+        counts = {k: self.stats[k] for k in ("calls", "parsed", "unparsable", "errors")}
+        return {
+            **counts,
+            **self.stats,
+            "failure_rate": (calls - self.stats["parsed"]) / calls if calls else 0.0,
+        }
 
 
 @dataclass
@@ -224,7 +229,7 @@ def _letter_probs(logprobs: dict[str, float]) -> dict[str, float]:
     """Probabilities of A, B, C from a top-k {token: logprob} dict (token variants summed)."""
     out = {"A": 0.0, "B": 0.0, "C": 0.0}
     for tok, lp in logprobs.items():
-        key = tok.strip().strip("[(*").upper()
+        key = tok.strip().strip("[(*")
         if key in out and lp is not None and not math.isnan(lp):
             out[key] += math.exp(lp)
     return out
@@ -367,7 +372,10 @@ class PairwiseJudge:
         """Counts plus position consistency, parse-failure rate and first-position win rate."""
         s = self.stats
         parsed = s["logprob"] + s["parsed_text"]
+        keys = ("calls", "logprob", "logprob_fallback", "parsed_text", "unparsable", "errors", "pairs")
+        keys += ("both_orders", "consistent", "one_order_only", "failed_pairs", "ties")
         return {
+            **{k: s[k] for k in keys},
             **s,
             "position_consistency": s["consistent"] / s["both_orders"] if s["both_orders"] else float("nan"),
             "failure_rate": (s["calls"] - parsed) / s["calls"] if s["calls"] else 0.0,
