@@ -165,6 +165,18 @@ class JudgeConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the judge.")
 
 
+class ParaphraseConfig(_Section):
+    """Co-Reward: answer-preserving rewrites of the train questions, voted on every round."""
+
+    enabled: bool = Field(
+        False, description="Make paraphrases (once, with the base model) and vote on them every round."
+    )
+    template: str | None = Field(
+        None, description="Rewrite prompt with `{question}`; null: the bundled `paraphrase` prompt."
+    )
+    n: int | None = Field(None, ge=1, description="Samples per paraphrase; null: `generation.n`.")
+
+
 class ScoringConfig(_Section):
     """Label-free scoring of rollouts: extraction, voting, rewards, an optional judge."""
 
@@ -179,7 +191,13 @@ class ScoringConfig(_Section):
         default_factory=lambda: [RewardTerm(name="majority_vote")],
         description="Reward terms, summed with their weights into each rollout's `reward`.",
     )
-    judge: JudgeConfig | None = Field(None, description="Optional judge; null for none.")
+    judge: JudgeConfig | None = Field(
+        None, description="Optional judge whose score is added to the reward (`judge_score`); null for none."
+    )
+    paraphrase: ParaphraseConfig = Field(
+        default_factory=lambda: ParaphraseConfig(),
+        description="Co-Reward: vote on paraphrased questions; the `paraphrase_agreement` reward reads it.",
+    )
     min_majority_ratio: float = Field(
         0.0,
         ge=0,
@@ -617,6 +635,18 @@ def _trl_config_class(method: str) -> type | None:
     return cls
 
 
+def _trainer_keywords(method: str) -> set[str]:
+    """Keyword options of ``train_<method>`` beyond the TRL config (e.g. DPO's ``nll_weight``)."""
+    try:
+        module = __import__(f"selfimprove.train.{method}", fromlist=[f"train_{method}"])
+        func = getattr(module, f"train_{method}")
+    except (ImportError, AttributeError):
+        return set()
+    return {
+        n for n, p in inspect.signature(func).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
 def _cross_check(cfg: RunConfig, where: _Where) -> None:
     """Checks that need other modules: reward names, builder options, TRL fields."""
     try:
@@ -653,10 +683,16 @@ def _cross_check(cfg: RunConfig, where: _Where) -> None:
                 # The first positional argument is the scored rollouts, passed by the runner.
                 first = next(iter(inspect.signature(func).parameters), None)
                 _check_kwargs(func, options, f"data.{section}", where, skip=[first] if first else [])
+    uses_paraphrase = any(t.name == "paraphrase_agreement" for t in cfg.scoring.rewards)
+    if uses_paraphrase and not cfg.scoring.paraphrase.enabled:
+        raise ConfigError(
+            f"{where(('scoring', 'rewards'))}scoring.rewards: 'paraphrase_agreement' needs "
+            "scoring.paraphrase.enabled: true (the loop then votes on paraphrased questions)"
+        )
     if cfg.training.trl:
         cls = _trl_config_class(cfg.training.method)
         if cls is not None and dataclasses.is_dataclass(cls):
-            allowed = {f.name for f in dataclasses.fields(cls)}
+            allowed = {f.name for f in dataclasses.fields(cls)} | _trainer_keywords(cfg.training.method)
             for name in cfg.training.trl:
                 if name not in allowed:
                     path = ("training", "trl", name)
@@ -710,7 +746,7 @@ def iter_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterabl
     for name, field in model.model_fields.items():
         path = f"{prefix}.{name}" if prefix else name
         sub = _model_in(field.annotation)
-        if sub is not None and sub is not RewardTerm and sub is not JudgeConfig:
+        if sub is not None and sub not in (RewardTerm, JudgeConfig):
             yield path, "section", None, field.description or ""
             yield from iter_fields(sub, path)
             continue
@@ -764,6 +800,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "OutputConfig",
+    "ParaphraseConfig",
     "RewardTerm",
     "RunConfig",
     "ScoringConfig",

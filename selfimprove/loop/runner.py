@@ -282,19 +282,6 @@ def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
     return task.extract
 
 
-def _extractor_options(config: RunConfig, task) -> dict[str, Any]:
-    """The extractor keyword options a reward needs to read answers like the task does."""
-    if config.scoring.extractor is not None:
-        out = {"extractor": config.scoring.extractor}
-        if config.scoring.extractor_options:
-            out["extractor_options"] = dict(config.scoring.extractor_options)
-        return out
-    out: dict[str, Any] = {"extractor": task.extractor}
-    if getattr(task, "extractor_options", None):
-        out["extractor_options"] = dict(task.extractor_options)
-    return out
-
-
 def _entropy(counts: Sequence[int]) -> float:
     total = sum(counts)
     if total == 0:
@@ -339,108 +326,64 @@ def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, 
     return groups
 
 
-def _check_reward_columns(columns: Mapping[str, Any], supervised: bool) -> None:
-    leaked = GOLD_FIELDS & set(columns)
-    if leaked and not supervised:
-        raise InputError(f"internal error: gold column(s) {sorted(leaked)} on a label-free reward path")
-
-
-def score_rollouts(
-    rollouts: Sequence[Mapping[str, Any]],
-    extract: Callable[[str], str | None],
-    reward_terms: Sequence[tuple[str, Callable[..., list], float]],
-    *,
-    min_majority_ratio: float = 0.0,
-    n_train: int | None = None,
-    seed: int = 0,
-    prompt_columns: Mapping[str, Mapping[str, Any]] | None = None,
-    supervised: bool = False,
-) -> list[dict[str, Any]]:
-    """Scored rollout records (docs/DESIGN.md): extraction, vote, reward terms and their weighted sum.
-
-    ``reward_terms`` are ``(name, reward_function, weight)``; every function is called once on all
-    rollouts with TRL's call shape (``completions`` plus per-sample columns ``prompts``,
-    ``prompt_id``, ``pseudo_label`` and the per-prompt ``prompt_columns`` {column: {prompt_id: value}}).
-    ``n_train`` marks a seeded subset of each group ``in_train`` (vote on all, train on a few).
-    """
-    import random
-
-    from selfimprove.score.vote import majority_vote
-
-    groups = _group(rollouts)
-    scored: list[dict[str, Any]] = []
-    for pid, recs in groups.items():
-        answers = [extract(r["completion"]) for r in recs]
-        vote = majority_vote(answers, min_share=min_majority_ratio)
-        keep = set(range(len(recs)))
-        if n_train is not None and n_train < len(recs):
-            keep = set(random.Random(f"{seed}|{pid}").sample(range(len(recs)), n_train))
-        for j, (rec, ans) in enumerate(zip(recs, answers, strict=True)):
-            out = dict(rec)
-            out.update(
-                {
-                    "extracted": ans,
-                    "pseudo_label": vote.pseudo_label,
-                    "vote_share": vote.share_of(j),
-                    "majority_ratio": vote.majority_ratio,
-                    "n_distinct": vote.n_distinct,
-                    "in_train": j in keep,
-                }
-            )
-            scored.append(out)
-    columns: dict[str, list[Any]] = {
-        "prompts": [r["prompt"] for r in scored],
-        "prompt_id": [r["prompt_id"] for r in scored],
-        "pseudo_label": [r["pseudo_label"] for r in scored],
-    }
-    for name, by_prompt in (prompt_columns or {}).items():
-        columns[name] = [by_prompt.get(str(r["prompt_id"])) for r in scored]
-    _check_reward_columns(columns, supervised)
-    completions = [r["completion"] for r in scored]
-    totals: list[float | None] = [None] * len(scored)
-    per_term: list[dict[str, float | None]] = [{} for _ in scored]
-    for name, fn, weight in reward_terms:
-        values = fn(completions, **columns)
-        if len(values) != len(scored):
-            raise InputError(f"reward {name!r} returned {len(values)} values for {len(scored)} rollouts")
-        for i, v in enumerate(values):
-            if v is not None and isinstance(v, float) and math.isnan(v):
-                v = None
-            per_term[i][name] = v
-            if v is not None:
-                totals[i] = (totals[i] or 0.0) + weight * float(v)
-    for rec, total, terms in zip(scored, totals, per_term, strict=True):
-        rec["reward"] = total
-        rec["rewards"] = terms
-    return scored
-
-
-def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., list], float]]:
+def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., list], float, bool]]:
+    """(name, reward function, weight, reads_gold) for every configured reward term."""
     import inspect
 
     from selfimprove.score.rewards import REWARDS, get_reward
 
-    defaults = _extractor_options(config, task)
+    ex_name, ex_options = _extractor_spec(config, task)
     terms = []
     for i, term in enumerate(config.scoring.rewards):
         options = dict(term.options)
         factory = REWARDS.get(term.name)
         if factory is not None:
             params = inspect.signature(factory).parameters
-            takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
             # Rewards read answers the way the task does unless the config says otherwise.
-            for key, value in defaults.items():
-                if key not in options and (key in params or (takes_all and key == "extractor")):
-                    options[key] = value
+            if "extractor" not in options and ("extractor" in params or takes_any):
+                options["extractor"] = ex_name
+                if ex_options:
+                    options.setdefault("extractor_options", dict(ex_options))
+        label = (
+            term.name if all(t.name != term.name for t in config.scoring.rewards[:i]) else f"{term.name}_{i}"
+        )
         try:
             fn = get_reward(term.name, **options)
         except ConfigError as exc:
             raise ConfigError(f"scoring.rewards[{i}]: {exc}") from None
-        label = (
-            term.name if all(t.name != term.name for t in config.scoring.rewards[:i]) else f"{term.name}_{i}"
-        )
-        terms.append((label, fn, term.weight))
+        terms.append((label, fn, term.weight, term.name in SUPERVISED_REWARDS))
     return terms
+
+
+def _extractor_spec(config: RunConfig, task) -> tuple[str, dict[str, Any]]:
+    """(extractor name, options): ``scoring.extractor`` if set, else the task's own."""
+    if config.scoring.extractor is not None:
+        return config.scoring.extractor, dict(config.scoring.extractor_options)
+    return task.extractor, dict(getattr(task, "extractor_options", None) or {})
+
+
+def _mark_train_subset(scored: list[dict[str, Any]], n_train: int | None, seed: int) -> None:
+    """Mark a seeded ``n_train`` subset of each prompt's samples ``in_train`` (vote on all, train on a few)."""
+    import random
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in scored:
+        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
+    for pid, recs in groups.items():
+        keep = set(range(len(recs)))
+        if n_train is not None and n_train < len(recs):
+            keep = set(random.Random(f"{seed}|{pid}").sample(range(len(recs)), n_train))
+        for j, rec in enumerate(sorted(recs, key=lambda x: x.get("sample_index", 0))):
+            rec["in_train"] = j in keep
+
+
+def _prompt_text(prompt: Any) -> str:
+    """The question of a prompt: the text, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else str(prompt[-1].get("content", ""))
 
 
 def _sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int, seed: int):
@@ -484,6 +427,17 @@ def _train_args(config: RunConfig) -> dict[str, Any]:
         args.pop("max_length", None)
     args.update(tr.trl)
     return args
+
+
+def _split_trainer_options(trainer: Callable[..., Any], options: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Options the trainer function takes as keywords (e.g. DPO ``beta``) vs. TRL config fields."""
+    import inspect
+
+    params = inspect.signature(trainer).parameters
+    reserved = {"model", "rows", "pairs", "prompts", "out_dir", "adapter_init", "lora", "args", "seed"}
+    kwargs = {k: v for k, v in options.items() if k in params and k not in reserved}
+    args = {k: v for k, v in options.items() if k not in kwargs}
+    return kwargs, args
 
 
 def _lora(config: RunConfig):
@@ -554,6 +508,7 @@ class _Run:
         self.model_path = resolve_model(config.model.path, progress=progress)
         self.task = _load_task(config)
         self._generator = None
+        self._judge_generator = None
         self._tb = None
 
     # -- shared resources -------------------------------------------------------------------
@@ -571,9 +526,11 @@ class _Run:
 
     def close(self) -> None:
         """Shut the engine down and flush TensorBoard."""
-        if self._generator is not None:
-            self._generator.close()
-            self._generator = None
+        for name in ("_generator", "_judge_generator"):
+            gen = getattr(self, name)
+            if gen is not None:
+                gen.close()
+                setattr(self, name, None)
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -615,6 +572,13 @@ class _Run:
             progress=self.progress,
         )
 
+    def _abs(self, adapter: str | None) -> str | None:
+        """An adapter path from state.json (relative to the run folder) as an absolute path."""
+        if adapter is None:
+            return None
+        p = Path(adapter)
+        return str(p if p.is_absolute() else (self.dir / p).resolve())
+
     def _train_gold(self) -> dict[str, str]:
         """Gold of the train split: only for evaluation diagnostics and SUPERVISED baselines."""
         t = self.cfg.task
@@ -632,27 +596,131 @@ class _Run:
             max_tokens=g.max_tokens,
             seed=self.cfg.loop.seed * 1000 + r,
         )
-        recs = self._generate(rdir, prompts, sampling, adapter)
+        recs = self._generate(rdir, prompts, sampling, self._abs(adapter))
         return {"tokens": sum(int(x.get("completion_tokens") or 0) for x in recs), "rollouts": len(recs)}
 
-    def stage_score(self, r: int, rdir: Path) -> dict[str, Any]:
+    def stage_score(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
+        from selfimprove.score.diagnostics import score_rollouts
+
         rollouts = read_jsonl(rdir / "rollouts.jsonl")
-        columns: dict[str, dict[str, Any]] = {}
-        if self.cfg.supervised and any(t.name in SUPERVISED_REWARDS for t in self.cfg.scoring.rewards):
-            # SUPERVISED baseline only (the config says so): the gold column reaches the verifier.
-            columns["answer"] = self._train_gold()
+        terms = _build_rewards(self.cfg, self.task)
+        label_free = {name: (fn, w) for name, fn, w, gold in terms if not gold}
+        supervised = [(name, fn, w) for name, fn, w, gold in terms if gold]
+        paraphrase_labels = (
+            self._paraphrase_labels(r, rdir, adapter) if self.cfg.scoring.paraphrase.enabled else None
+        )
+        if paraphrase_labels is not None:
+            # Per-prompt columns travel in ``meta``: score_rollouts hands meta fields to the rewards.
+            rollouts = [
+                {
+                    **x,
+                    "meta": {
+                        **(x.get("meta") or {}),
+                        "paraphrase_label": paraphrase_labels.get(str(x["prompt_id"])),
+                    },
+                }
+                for x in rollouts
+            ]
+        judge_scores = self._judge(rollouts, adapter) if self.cfg.scoring.judge is not None else None
+        ex_name, ex_options = _extractor_spec(self.cfg, self.task)
         scored = score_rollouts(
             rollouts,
-            _extractor(self.cfg, self.task),
-            _build_rewards(self.cfg, self.task),
-            min_majority_ratio=self.cfg.scoring.min_majority_ratio,
-            n_train=self.cfg.generation.n_train,
-            seed=self.cfg.loop.seed + r,
-            prompt_columns=columns,
-            supervised=self.cfg.supervised,
+            ex_name,
+            label_free or None,
+            extractor_options=ex_options,
+            min_share=self.cfg.scoring.min_majority_ratio,
+            judge_scores=judge_scores,
         )
+        if judge_scores is not None:
+            w = self.cfg.scoring.judge.weight
+            for rec in scored:
+                js = rec.get("judge_score")
+                rec["rewards"]["judge"] = js
+                if js is not None:
+                    rec["reward"] = (rec["reward"] or 0.0) + w * js
+        if supervised:
+            # SUPERVISED baseline only (`supervised: true` was required to get here): the gold
+            # column reaches the verifier reward and nothing else.
+            gold = self._train_gold()
+            column = [gold.get(str(x["prompt_id"])) for x in scored]
+            completions = [x["completion"] for x in scored]
+            for name, fn, w in supervised:
+                values = fn(completions, answer=column, prompt_id=[x["prompt_id"] for x in scored])
+                for rec, v in zip(scored, values, strict=True):
+                    rec["rewards"][name] = v
+                    if v is not None:
+                        rec["reward"] = (rec["reward"] or 0.0) + w * float(v)
+        _mark_train_subset(scored, self.cfg.generation.n_train, seed=self.cfg.loop.seed + r)
         write_jsonl_atomic(rdir / "scores.jsonl", scored)
         return {"scored": len(scored)}
+
+    def _judge(self, rollouts: Sequence[Mapping[str, Any]], adapter: str | None) -> list[float | None]:
+        """Self-rewarding: the judge (by default the policy with its current adapter) scores every rollout."""
+        from selfimprove.generate import build_generator
+        from selfimprove.score.judges import PointwiseJudge
+
+        jc = self.cfg.scoring.judge
+        if jc.kind != "pointwise":
+            raise ConfigError(
+                "scoring.judge.kind: only 'pointwise' judging of rollouts is wired into the loop"
+            )
+        if jc.model == "policy":
+            gen, judge_adapter = self.generator, self._abs(adapter)
+        else:
+            if self._judge_generator is None:
+                self._judge_generator = build_generator(self.cfg.generation.backend, jc.model)
+            gen, judge_adapter = self._judge_generator, None
+        judge = PointwiseJudge(gen, adapter=judge_adapter, **jc.options)
+        questions = [_prompt_text(x["prompt"]) for x in rollouts]
+        return judge.score(questions, [x["completion"] for x in rollouts])
+
+    def _paraphrase_labels(self, r: int, rdir: Path, adapter: str | None) -> dict[str, str | None]:
+        """Co-Reward: the policy's voted answer on a paraphrase of each train question."""
+        from selfimprove.score.rewards import make_paraphrases
+        from selfimprove.score.vote import majority_vote
+
+        pc = self.cfg.scoring.paraphrase
+        prompts = _train_prompts(self.cfg, self.task)
+        cache = self.dir / "paraphrases.jsonl"
+        if not cache.exists():
+            # Made once, by the base model, and kept: every round votes on the same rewrites.
+            questions = [_prompt_text(p["prompt"]) for p in prompts]
+            rewrites = make_paraphrases(self.generator, questions, pc.template)
+            write_jsonl_atomic(
+                cache,
+                [
+                    {"prompt_id": p["prompt_id"], "paraphrase": t}
+                    for p, t in zip(prompts, rewrites, strict=True)
+                ],
+            )
+        rewrites = {x["prompt_id"]: x["paraphrase"] for x in read_jsonl(cache)}
+        para_prompts = [
+            {
+                "prompt_id": p["prompt_id"],
+                "prompt": [{"role": "user", "content": rewrites[p["prompt_id"]]}],
+                "meta": {},
+            }
+            for p in prompts
+            if rewrites.get(p["prompt_id"])
+        ]
+        g = self.cfg.generation
+        sampling = _sampling(
+            self.cfg,
+            n=pc.n or g.n,
+            temperature=g.temperature,
+            max_tokens=g.max_tokens,
+            seed=self.cfg.loop.seed * 1000 + 250 + r,
+        )
+        recs = (
+            self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
+            if para_prompts
+            else []
+        )
+        extract = _extractor(self.cfg, self.task)
+        answers: dict[str, list[str | None]] = {}
+        for x in recs:
+            answers.setdefault(str(x["prompt_id"]), []).append(extract(x["completion"]))
+        return {pid: majority_vote(a).pseudo_label for pid, a in answers.items()}
 
     def stage_build(self, r: int, rdir: Path) -> dict[str, Any]:
         from selfimprove.data import build
@@ -682,30 +750,23 @@ class _Run:
         final = rdir / "adapter"
         if tmp.exists():
             shutil.rmtree(tmp)  # a half-trained adapter from a killed run: train again
-        init = adapter if self.cfg.training.init == "continue" else None
-        common = {
-            "adapter_init": init,
-            "lora": _lora(self.cfg),
-            "args": _train_args(self.cfg),
-            "seed": self.cfg.loop.seed + r,
-        }
+        init = self._abs(adapter) if self.cfg.training.init == "continue" else None
+        common = {"adapter_init": init, "lora": _lora(self.cfg), "seed": self.cfg.loop.seed + r}
         method = self.cfg.training.method
         if method == "sft":
-            from selfimprove.train.sft import train_sft
-
-            result = train_sft(self.model_path, rows, tmp, **common)
+            from selfimprove.train.sft import train_sft as trainer
         elif method == "dpo":
-            from selfimprove.train.dpo import train_dpo
-
-            result = train_dpo(self.model_path, rows, tmp, **common)
+            from selfimprove.train.dpo import train_dpo as trainer
         else:
-            from selfimprove.train.grpo import train_grpo
-
-            reward_funcs = [fn for _name, fn, _w in _build_rewards(self.cfg, self.task)]
-            weights = [w for _n, _f, w in _build_rewards(self.cfg, self.task)]
-            result = train_grpo(
-                self.model_path, rows, tmp, reward_funcs=reward_funcs, reward_weights=weights, **common
-            )
+            from selfimprove.train.grpo import train_grpo as trainer
+        kwargs, args = _split_trainer_options(trainer, _train_args(self.cfg))
+        if method == "grpo":
+            terms = _build_rewards(self.cfg, self.task)
+            if any(gold for *_x, gold in terms) and not self.cfg.supervised:
+                raise ConfigError("a gold-reading reward needs `supervised: true`")
+            kwargs["reward_funcs"] = [fn for _n, fn, _w, _g in terms]
+            args.setdefault("reward_weights", [w for _n, _f, w, _g in terms])
+        result = trainer(self.model_path, rows, tmp, args=args, **common, **kwargs)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -717,7 +778,8 @@ class _Run:
             pass
         losses = [x for x in result.loss_history if x is not None]
         return {
-            "adapter": str(final),
+            # Relative to the run folder, so a moved or copied run folder still resumes.
+            "adapter": final.relative_to(self.dir).as_posix(),
             "train_loss": losses[-1] if losses else None,
             "train_loss_first": losses[0] if losses else None,
             "train_steps": result.steps,
@@ -734,7 +796,7 @@ class _Run:
             max_tokens=ev.max_tokens or self.cfg.generation.max_tokens,
             seed=self.cfg.loop.seed * 1000 + 500 + r,
         )
-        recs = self._generate(rdir / "eval", [dict(p) for p in prompts], sampling, adapter)
+        recs = self._generate(rdir / "eval", [dict(p) for p in prompts], sampling, self._abs(adapter))
         return {
             "eval_rollouts": len(recs),
             "tokens_eval": sum(int(x.get("completion_tokens") or 0) for x in recs),
@@ -898,7 +960,7 @@ class _Run:
                 st.save()
             adapter_in = rs["adapter_in"]
             self._stage(r, "generate", self.stage_generate, r, rdir, adapter_in)
-            self._stage(r, "score", self.stage_score, r, rdir)
+            self._stage(r, "score", self.stage_score, r, rdir, adapter_in)
             info = self._stage(r, "build", self.stage_build, r, rdir)
             if info.get("rows", 0) == 0:
                 if not st.done(r, "train"):
@@ -948,7 +1010,7 @@ class _Run:
         best, score = best_round(hist, collapsed)
         best_adapter = None
         if best is not None and best > 0:
-            best_adapter = self.state.round(best).get("adapter")
+            best_adapter = self._abs(self.state.round(best).get("adapter"))
         self.state.data["finished"] = True
         self.state.save()
         summary = {
@@ -960,7 +1022,7 @@ class _Run:
             "best_round_score": score,
             "best_round_rule": "highest mean majority ratio on eval prompts among rounds the guard did not flag (no gold)",
             "best_adapter": best_adapter,
-            "final_adapter": self.state.data.get("adapter"),
+            "final_adapter": self._abs(self.state.data.get("adapter")),
             "collapsed_rounds": collapsed,
             "guard": self.state.data["guard"],
             "history": hist,
@@ -1002,5 +1064,4 @@ __all__ = [
     "round_dir",
     "round_table",
     "run",
-    "score_rollouts",
 ]
