@@ -1,0 +1,276 @@
+"""A real end-to-end run: tiny model, HF generator, 2 rounds of majority-filtered SFT.
+
+The tiny model is random, so answers come from a permissive extractor (the first letter a-e of a
+completion): the point is the plumbing and the numbers, which the tests recompute by hand from
+the files the run wrote. A recording reward (loaded by "module:function", as users would plug in
+their own) captures every column the rewards were handed, to prove no gold reached them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from selfimprove.loop.config import load_config
+from selfimprove.loop.runner import round_table, run
+
+GOLD_KEYS = {"answer", "gold", "label", "solution", "ground_truth", "target"}
+REWARD_CALLS: list[dict] = []
+
+
+def recording_reward(completions, **columns):
+    """A label-free reward that records what it was given (column names and prompt ids)."""
+    REWARD_CALLS.append({"columns": sorted(columns), "n": len(completions), "columns_values": columns})
+    return [0.0 for _ in completions]
+
+
+def write_letter_task(path: Path, n: int = 16, seed: int = 0) -> dict[str, str]:
+    """A JSONL task whose gold answers are letters; returns the eval gold by id."""
+    rng = random.Random(seed)
+    gold = {}
+    with open(path, "w") as fh:
+        for i in range(n):
+            split = "eval" if i % 2 else "train"
+            answer = rng.choice("abcde")
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "prompt": [{"role": "user", "content": f"Pick a letter for item {i}."}],
+                        "answer": answer,
+                        "split": split,
+                    }
+                )
+                + "\n"
+            )
+            if split == "eval":
+                gold[f"q{i}"] = answer
+    return gold
+
+
+def letter_config(tmp: Path, model_dir: Path, extra: str = "") -> Path:
+    """A 2-round SFT config on the letter task (HF backend, tiny sizes)."""
+    text = f"""
+name: tiny-loop
+description: plumbing test on a random tiny model
+model:
+  path: {model_dir}
+task:
+  name: null
+  file: {tmp / "task.jsonl"}
+  train_size: null
+  eval_size: null
+scoring:
+  extractor: regex
+  extractor_options: {{pattern: "([a-e])", which: first}}
+  rewards:
+    - name: majority_vote
+    - name: test_loop:recording_reward
+      weight: 0.0
+generation:
+  backend: hf
+  n: 4
+  max_tokens: 10
+  batch_size: 4
+data:
+  sft: {{drop_truncated: false}}
+training:
+  method: sft
+  max_steps: 2
+  batch_size: 4
+  learning_rate: 0.01
+  lora: {{rank: 8, alpha: 16}}
+evaluation:
+  n: 4
+  k: [1, 4]
+loop:
+  rounds: 2
+{extra}
+"""
+    path = tmp / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """Run the 2-round loop once for the whole module."""
+    tmp = tmp_path_factory.mktemp("loop")
+    gold = write_letter_task(tmp / "task.jsonl")
+    cfg = load_config(letter_config(tmp, tiny_model_dir))
+    REWARD_CALLS.clear()
+    logs: list[str] = []
+    summary = run(cfg, tmp / "run", progress=False, log=logs.append, command=["pytest"])
+    return {"dir": tmp / "run", "cfg": cfg, "summary": summary, "gold": gold, "logs": logs, "tmp": tmp}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_run_folder_layout(finished_run):
+    d = finished_run["dir"]
+    for name in ("config.yaml", "manifest.json", "state.json", "metrics.jsonl", "summary.json"):
+        assert (d / name).is_file(), name
+    assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["config_hash"] == finished_run["cfg"].fingerprint()
+    assert {"torch", "transformers", "trl", "peft"} <= set(manifest["packages"])
+    assert manifest["seeds"] == {"loop": 0, "task": 0} and manifest["starts"][0]["command"] == ["pytest"]
+    state = json.loads((d / "state.json").read_text())
+    assert state["finished"] and state["rounds"]["0"]["done"] == ["evaluate", "metrics"]
+    for r in ("1", "2"):
+        assert state["rounds"][r]["done"] == ["generate", "score", "build", "train", "evaluate", "metrics"]
+    for r in (1, 2):
+        rd = d / f"round_{r:02d}"
+        for name in (
+            "rollouts.jsonl",
+            "scores.jsonl",
+            "train_data.jsonl",
+            "metrics.json",
+            "eval/rollouts.jsonl",
+        ):
+            assert (rd / name).is_file(), f"round {r}: {name}"
+        assert (rd / "adapter" / "adapter_model.safetensors").is_file()
+        assert not (rd / "adapter.tmp").exists()
+        rollouts = _jsonl(rd / "rollouts.jsonl")
+        assert len(rollouts) == 8 * 4  # 8 train prompts x n=4
+        assert len(_jsonl(rd / "eval" / "rollouts.jsonl")) == 8 * 4
+    # Round r generates with the adapter of round r-1 (the base model in round 1).
+    assert {x["adapter"] for x in _jsonl(d / "round_01" / "rollouts.jsonl")} == {None}
+    r2 = {x["adapter"] for x in _jsonl(d / "round_02" / "rollouts.jsonl")}
+    assert r2 == {str((d / "round_01" / "adapter").resolve())}
+    assert {x["adapter"] for x in _jsonl(d / "round_02" / "eval" / "rollouts.jsonl")} == {
+        str((d / "round_02" / "adapter").resolve())
+    }
+
+
+@pytest.mark.slow
+def test_metrics_recomputed_by_hand(finished_run):
+    d, gold = finished_run["dir"], finished_run["gold"]
+    history = _jsonl(d / "metrics.jsonl")
+    assert [m["round"] for m in history] == [0, 1, 2]
+    for m in history:
+        rd = d / f"round_{m['round']:02d}"
+        groups: dict[str, list[str | None]] = {}
+        for x in _jsonl(rd / "eval" / "rollouts.jsonl"):
+            hit = re.search("([a-e])", x["completion"])
+            groups.setdefault(x["prompt_id"], []).append(hit.group(1) if hit else None)
+        assert set(groups) == set(gold)
+        pass1 = sum(sum(a == gold[p] for a in v) / len(v) for p, v in groups.items()) / len(groups)
+        pass4 = sum(any(a == gold[p] for a in v) for p, v in groups.items()) / len(groups)
+        assert m["eval/pass@1"] == pytest.approx(pass1)
+        assert m["eval/pass@4"] == pytest.approx(pass4)  # n == k: pass@k is "any sample correct"
+        assert 0 <= m["eval/pass@1"] <= m["eval/pass@4"] <= 1
+        assert 0 <= m["eval/maj@4"] <= m["eval/pass@4"]
+        top = [max(v.count(a) for a in v) / len(v) if any(v) else 0 for v in groups.values()]
+        ratio = sum(max((v.count(a) for a in v if a), default=0) / len(v) for v in groups.values()) / len(
+            groups
+        )
+        assert m["eval/majority_ratio"] == pytest.approx(ratio), top
+        assert 0 < m["eval/mean_length"] <= 10
+    for m in history[1:]:
+        assert m["data/rows"] > 0 and m["train/steps"] == 2
+        assert m["train/loss"] > 0 and m["train/tokens"] > 0
+        assert 0 <= m["train/label_accuracy"] <= 1 and 0 <= m["train/reward_accuracy"] <= 1
+        assert m["time/generate"] > 0 and m["time/train"] > 0
+
+
+@pytest.mark.slow
+def test_training_changed_the_adapter(finished_run):
+    from safetensors.torch import load_file
+
+    d = finished_run["dir"]
+    a1 = load_file(str(d / "round_01" / "adapter" / "adapter_model.safetensors"))
+    a2 = load_file(str(d / "round_02" / "adapter" / "adapter_model.safetensors"))
+    b_keys = [k for k in a1 if "lora_B" in k]
+    assert b_keys and any(a1[k].abs().max() > 0 for k in b_keys)  # LoRA B starts at zero
+    # init: continue -> round 2 trained further on top of round 1's adapter.
+    assert any((a1[k] - a2[k]).abs().max() > 0 for k in a1)
+
+
+@pytest.mark.slow
+def test_no_gold_reaches_training(finished_run):
+    d, gold = finished_run["dir"], finished_run["gold"]
+    for r in (1, 2):
+        rows = _jsonl(d / f"round_{r:02d}" / "train_data.jsonl")
+        assert rows
+        for row in rows:
+            assert not GOLD_KEYS & set(row)
+            assert set(row) == {"prompt", "completion"}
+            # Train prompts only: no eval prompt (whose gold is known) is trained on.
+            assert not any(f"item {int(p[1:])}." in json.dumps(row["prompt"]) for p in gold)
+        for rec in _jsonl(d / f"round_{r:02d}" / "scores.jsonl"):
+            assert not GOLD_KEYS & set(rec) and not GOLD_KEYS & set(rec.get("meta") or {})
+    assert REWARD_CALLS, "the recording reward was never called"
+    for call in REWARD_CALLS:
+        assert not GOLD_KEYS & set(call["columns"]), call["columns"]
+        assert not any(c.startswith("gold") for c in call["columns"])
+        # Only train prompts were scored.
+        assert set(call["columns_values"]["prompt_id"]) <= {f"q{i}" for i in range(0, 16, 2)}
+
+
+@pytest.mark.slow
+def test_summary_and_round_table(finished_run):
+    s = finished_run["summary"]
+    assert s["rounds_completed"] == 2 and s["stopped"] is None
+    hist = s["history"]
+    scores = {m["round"]: m["eval/majority_ratio"] for m in hist}
+    assert s["best_round"] in scores and s["best_round_score"] == max(scores.values())
+    assert s["final_adapter"].endswith("round_02/adapter")
+    table = round_table(hist, [1, 4])
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 4
+    assert any("round 2: train" in line for line in finished_run["logs"])
+
+
+@pytest.mark.slow
+def test_report_of_real_run(finished_run):
+    from selfimprove.loop.report import write_report
+
+    paths = write_report(finished_run["dir"])
+    md = Path(paths["md"]).read_text()
+    assert "tiny-loop" in md and "| round |" in md.replace("|  round", "| round")
+    for png in ("accuracy.png", "agreement.png", "length.png"):
+        assert (finished_run["dir"] / "report" / png).stat().st_size > 5000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_empty", ["skip", "stop"])
+def test_round_without_data(tmp_path, tiny_model_dir, on_empty):
+    """An extractor that finds no answers gives no pseudo-labels, so no data: say so, keep the adapter."""
+    write_letter_task(tmp_path / "task.jsonl", n=8)
+    cfg = load_config(
+        letter_config(tmp_path, tiny_model_dir),
+        [
+            "scoring.extractor_options.pattern=(QQQQ)",
+            "generation.n=2",
+            "evaluation.n=2",
+            "evaluation.k=[1,2]",
+            "evaluation.base=false",
+            f"loop.on_empty_data={on_empty}",
+        ],
+    )
+    logs: list[str] = []
+    summary = run(cfg, tmp_path / "run", progress=False, log=logs.append)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    rs = state["rounds"]["1"]
+    assert rs["rows"] == 0 and rs["skipped_training"] and rs["adapter"] is None
+    assert (
+        "no_pseudo_label"
+        in json.loads((tmp_path / "run" / "round_01" / "build_stats.json").read_text())["dropped"]
+    )
+    assert any("round 1: no training data" in line for line in logs)
+    assert not (tmp_path / "run" / "round_01" / "adapter").exists()
+    if on_empty == "stop":
+        assert summary["stopped"].startswith("round 1 produced no training data")
+        assert not (tmp_path / "run" / "round_02").exists()
+    else:
+        assert summary["stopped"] is None and state["rounds"]["2"]["skipped_training"]
+        assert summary["final_adapter"] is None
+        assert [m["note"] for m in summary["history"]] == ["no data: training skipped"] * 2
