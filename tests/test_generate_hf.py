@@ -81,6 +81,7 @@ def test_logprobs_equal_model_log_softmax(hf):
         assert max(d.values()) == pytest.approx(lp, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_adapter_applied_and_reloaded_when_resaved(hf, tmp_path, make_lora_adapter):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
