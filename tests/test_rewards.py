@@ -267,3 +267,110 @@ def test_make_paraphrases_rejects_changed_numbers():
     assert out == ["How much is 2 plus 3?", None, None]
     assert stats == {"ok": 1, "numbers_changed": 1, "empty": 1}
     assert "What is 2 + 3?" in gen.seen[0][0]["content"]
+
+
+# ---------------------------------------------------------------- model-backed rewards (tiny model)
+
+
+@pytest.mark.slow
+def test_self_certainty_matches_manual_kl(tiny_model_dir):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fn = get_reward("self_certainty", model=str(tiny_model_dir))
+    prompts = ["Q: 1+1?", "Q: 1+1?", "Q: 1+1?", "Q: other"]
+    comps = ["2", "two!", "22", ""]
+    raw = fn.raw_scores(prompts, comps)
+    assert raw[3] is None  # empty completion: cannot score
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype="float32")
+    for p, c, got in zip(prompts[:3], comps[:3], raw[:3], strict=True):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p_ids + c_ids])).logits[0]
+        logp = logits[len(p_ids) - 1 : len(p_ids) - 1 + len(c_ids)].log_softmax(-1)
+        v = logp.shape[-1]
+        kl = (-(math.log(v)) - logp.mean(-1)).mean().item()
+        assert got == pytest.approx(kl, rel=1e-4)
+
+    out = fn(comps, prompts=prompts)
+    assert sum(out[:3]) == pytest.approx(0.0, abs=1e-6)  # z-scored within the group
+    assert out[3] is None
+    assert [x > 0 for x in out[:3]] == [r > sum(raw[:3]) / 3 for r in raw[:3]]
+    # completion_ids (as TRL passes them) are used as given
+    ids = [tok(c, add_special_tokens=False)["input_ids"] for c in comps]
+    assert fn.raw_scores(prompts, ["ignored"] * 4, ids)[:3] == pytest.approx(raw[:3], rel=1e-5)
+    with pytest.raises(LabelLeakError):
+        fn(comps, prompts=prompts, answer=["2"] * 4)
+
+
+@pytest.mark.slow
+def test_novelty_with_local_model_embeddings(tiny_model_dir):
+    fn = get_reward("novelty", embedder=str(tiny_model_dir), novelty_weight=0.5)
+    comps = ["so 4", "hence 4", "4", "maybe 5", "xyz"]
+    out = fn(comps, prompts=["p"] * 5)
+    assert min(out[:3]) >= 0.5 and max(out[:3]) <= 1.0
+    assert -1.0 <= out[3] <= -0.5 and out[4] == -1.0
+    assert min(out[:3]) > out[3]
+
+
+@pytest.mark.slow
+def test_grpo_trainer_with_majority_vote_reward_changes_adapter(tiny_model_dir, tmp_path):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    reward = get_reward(
+        "majority_vote", extractor="regex", extractor_options={"pattern": r"(\S)", "which": "first"}
+    )
+    seen = []
+
+    def spy(completions, **columns):
+        """Keep the rewards the trainer got, to check groups disagreed."""
+        r = reward(completions, **columns)
+        seen.append(r)
+        return r
+
+    spy.__name__ = "majority_vote"
+    data = Dataset.from_dict({"prompt": ["Q1: pick", "Q2: pick"], "prompt_id": ["p1", "p2"]})
+    config = GRPOConfig(
+        output_dir=str(tmp_path / "grpo"),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=5e-3,
+        temperature=1.5,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=[spy],
+        args=config,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(str(tiny_model_dir)),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    assert before
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+    # groups disagreed: rewards were not constant within a group, so GRPO had a signal
+    assert any(0.0 in r and 1.0 in r for r in seen)
+    logs = [h for h in trainer.state.log_history if "rewards/majority_vote/mean" in h]
+    assert len(logs) == 2 and all(0.0 < h["rewards/majority_vote/mean"] <= 1.0 for h in logs)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
