@@ -301,3 +301,15 @@ def test_real_model_text_judges_account_for_every_call(hf_judge_generator):
     prep = point.report()
     assert prep["calls"] == 2 and prep["parsed"] + prep["unparsable"] == 2
     assert sum(s is not None for s in scores) == prep["parsed"]
+
+
+def test_get_judge_by_name():
+    from selfimprove.score.judges import get_judge
+
+    j = get_judge("pairwise", BiasedJudge(0.0), mode="logprob")
+    assert isinstance(j, PairwiseJudge) and j.mode == "logprob"
+    assert isinstance(get_judge("pointwise", BiasedJudge(0.0), n_repeats=2), PointwiseJudge)
+    with pytest.raises(ConfigError, match="unknown judge"):
+        get_judge("listwise", BiasedJudge(0.0))
+    with pytest.raises(ConfigError, match="bad options"):
+        get_judge("pointwise", BiasedJudge(0.0), colour="red")

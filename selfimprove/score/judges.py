@@ -415,3 +415,18 @@ def aggregate_judgements(
                 den += w
         out.append(num / den if den > 0 else None)
     return out
+
+
+# kind -> judge class (configs name judges by kind; options are the constructor's keywords)
+JUDGES: dict[str, type] = {"pointwise": PointwiseJudge, "pairwise": PairwiseJudge}
+
+
+def get_judge(kind: str, generator: Any, **options: Any) -> PointwiseJudge | PairwiseJudge:
+    """Build a judge by kind ("pointwise" | "pairwise") on any Generator."""
+    cls = JUDGES.get(kind)
+    if cls is None:
+        raise ConfigError(f"unknown judge {kind!r}; allowed: {', '.join(sorted(JUDGES))}")
+    try:
+        return cls(generator, **options)
+    except TypeError as exc:
+        raise ConfigError(f"judge {kind!r}: bad options {sorted(options)}: {exc}") from None
