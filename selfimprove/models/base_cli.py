@@ -1,0 +1,77 @@
+"""Build (or reuse from the cache) the embedded demo base model: a small Qwen2 pre-trained on a task.
+
+The model is cached under $SELFIMPROVE_CACHE (default ~/.cache/selfimprove) in
+base-<task>-<settings hash>/ unless --out is given; a second call with the same settings reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from selfimprove.models.base_model import BaseModelSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``selfimprove build-base``."""
+    d = BaseModelSettings()
+    parser.add_argument("--task", default=d.task, help=f"bundled task to pre-train on (default {d.task})")
+    parser.add_argument("--level", type=int, default=d.level, help=f"task difficulty 1-3 (default {d.level})")
+    parser.add_argument(
+        "--out", default=None, help="model folder (default: the cache folder for these settings)"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cached model exists")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    parser.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width (multiple of 64)")
+    parser.add_argument("--layers", type=int, default=d.num_layers, help="number of layers")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, weights and order")
+    parser.add_argument(
+        "--eval-prompts", type=int, default=d.eval_prompts, help="held-out prompts to measure on (0: skip)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 on a busy machine)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build or reuse the base model and print its folder and measured accuracy."""
+    from selfimprove.errors import InputError
+    from selfimprove.models.base_model import build_base_model, read_info
+
+    if args.hidden_size % 64:
+        raise InputError(f"--hidden-size must be a multiple of 64 (head_dim 64), got {args.hidden_size}")
+    if args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.level not in (1, 2, 3):
+        raise InputError(f"--level must be 1, 2 or 3, got {args.level}")
+    settings = BaseModelSettings(
+        task=args.task,
+        level=args.level,
+        steps=args.steps,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        num_heads=args.hidden_size // 64,
+        lr=args.lr,
+        seed=args.seed,
+        eval_prompts=args.eval_prompts,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    path = build_base_model(settings, args.out, force=args.force)
+    info = read_info(path) or {}
+    m = info.get("metrics") or {}
+    k = settings.eval_samples
+    print(path)
+    if m:
+        print(
+            f"pass@1 {m['pass@1']:.3f}  maj@{k} {m[f'maj@{k}']:.3f}  pass@{k} {m[f'pass@{k}']:.3f}  "
+            f"(T={settings.eval_temperature}, {int(m['n_prompts'])} held-out prompts)"
+        )
+    print(json.dumps({"parameters": info.get("parameters"), "train_seconds": info.get("train_seconds")}))
+    return 0

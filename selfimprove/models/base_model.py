@@ -1,0 +1,367 @@
+"""The embedded demo base model: a small Qwen2 built from scratch and pre-trained on a task's base split.
+
+The label-free loop needs a starting model that is partially competent: right often enough that a
+majority vote over its samples is informative, wrong often enough that there is room to improve.
+No pretrained model fits on this machine without a hub, so the toolkit builds one: a Qwen2 with
+head_dim 64 (vLLM's CPU kernels accept it) and a character tokenizer, trained with supervised
+next-token loss on worked solutions from the task's "base" split only (disjoint from the "train"
+and "eval" splits). Everything is seeded; the result is cached under
+``$SELFIMPROVE_CACHE`` (default ``~/.cache/selfimprove``) in ``base-<task>-<settings hash>/`` and
+written atomically (temporary folder, then rename), with ``base_model.json`` recording the settings
+and the measured sampled pass@1 / maj@k / pass@k on held-out eval prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from selfimprove.errors import InputError
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "base_model.json"
+# Bumped when the training procedure changes, so stale caches are not reused.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BaseModelSettings:
+    """Everything that determines the base model (its hash names the cache folder)."""
+
+    task: str = "arithmetic"
+    level: int = 1
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    n_examples: int = 20000
+    seed: int = 0
+    # Measurement after training (held-out eval split, sampled like the demo samples).
+    eval_prompts: int = 100
+    eval_samples: int = 8
+    eval_temperature: float = 1.0
+    max_new_tokens: int = 64
+
+    def digest(self) -> str:
+        """A short hash of the settings (and the procedure's version)."""
+        payload = json.dumps({"version": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BaseModelSettings:
+        """Settings from a dict; unknown keys are an error naming them and the allowed ones."""
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InputError(
+                f"unknown base-model setting(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
+            )
+        return cls(**data)
+
+
+def default_cache_dir() -> Path:
+    """``$SELFIMPROVE_CACHE`` or ``~/.cache/selfimprove``."""
+    return Path(os.environ.get("SELFIMPROVE_CACHE") or Path.home() / ".cache" / "selfimprove").expanduser()
+
+
+def default_base_dir(settings: BaseModelSettings) -> Path:
+    """Where the base model for ``settings`` is cached."""
+    return default_cache_dir() / f"base-{settings.task}-{settings.digest()}"
+
+
+def read_info(model_dir: str | Path) -> dict[str, Any] | None:
+    """The ``base_model.json`` of a built base model, or None when the folder holds none."""
+    path = Path(model_dir) / INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _encode_examples(tok: Any, demos: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per demonstration; the prompt part is masked out of the loss."""
+    out = []
+    for d in demos:
+        prompt_text = tok.apply_chat_template(d["prompt"], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+        completion_ids = tok(d["completion"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+        out.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
+    return out
+
+
+def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def train_on_demonstrations(
+    model: Any,
+    tok: Any,
+    demos: list[dict[str, Any]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Plain supervised next-token training on ``{"prompt", "completion"}`` rows; returns the losses.
+
+    A bare torch loop (no Trainer) because at this size the Trainer's per-step overhead is larger
+    than the model's compute.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    encoded = _encode_examples(tok, demos)
+    rng = random.Random(seed)
+    order: list[int] = []
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        # Linear warm-up, then cosine decay to 10% of the peak.
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="base model: training", disable=not progress, leave=False)
+    for step in bar:
+        if len(order) < batch_size:
+            more = list(range(len(encoded)))
+            rng.shuffle(more)
+            order.extend(more)
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = _batch([encoded[i] for i in idx], tok.pad_token_id)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+def sample_answers(
+    model: Any,
+    tok: Any,
+    task: Any,
+    prompts: list[dict[str, Any]],
+    *,
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_prompts: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, list[str | None]]:
+    """Sample ``n`` completions per prompt with HF generate and extract the task's answers."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    answers: dict[str, list[str | None]] = {}
+    tok.padding_side = "left"
+    chunks = range(0, len(prompts), batch_prompts)
+    for start in tqdm(chunks, desc="base model: sampling", disable=not progress, leave=False):
+        chunk = prompts[start : start + batch_prompts]
+        texts = [
+            tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False) for p in chunk
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=n,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        gen = out[:, enc["input_ids"].shape[1] :]
+        decoded = tok.batch_decode(gen, skip_special_tokens=True)
+        for i, p in enumerate(chunk):
+            answers[p["prompt_id"]] = [task.extract(t) for t in decoded[i * n : (i + 1) * n]]
+    return answers
+
+
+def measure(
+    model: Any,
+    tok: Any,
+    task: Any,
+    *,
+    level: int,
+    n_prompts: int,
+    n_samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Sampled pass@1, maj@n and pass@n on ``n_prompts`` held-out eval prompts."""
+    from selfimprove.loop.metrics import evaluate_answers
+
+    prompts, gold = task.make_split("eval", n_prompts, seed=seed, level=level)
+    answers = sample_answers(
+        model,
+        tok,
+        task,
+        prompts,
+        n=n_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        progress=progress,
+    )
+    return evaluate_answers(answers, gold, task.check, ks=(n_samples,))
+
+
+def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfimprove.models.tiny import build_tiny_model
+    from selfimprove.tasks import get_task
+
+    task = get_task(s.task)
+    t0 = time.time()
+    torch.manual_seed(s.seed)
+    build_tiny_model(
+        folder,
+        hidden_size=s.hidden_size,
+        num_layers=s.num_layers,
+        num_heads=s.num_heads,
+        max_position_embeddings=512,
+        seed=s.seed,
+    )
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    # Never more examples than the steps can use: encoding them costs time.
+    demos = task.make_demonstrations(min(s.n_examples, s.steps * s.batch_size), seed=s.seed, level=s.level)
+    losses = train_on_demonstrations(
+        model,
+        tok,
+        demos,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        warmup_steps=s.warmup_steps,
+        weight_decay=s.weight_decay,
+        seed=s.seed,
+        progress=progress,
+    )
+    train_seconds = time.time() - t0
+    model.save_pretrained(str(folder), safe_serialization=True)
+    t1 = time.time()
+    metrics = (
+        measure(
+            model,
+            tok,
+            task,
+            level=s.level,
+            n_prompts=s.eval_prompts,
+            n_samples=s.eval_samples,
+            temperature=s.eval_temperature,
+            max_new_tokens=s.max_new_tokens,
+            seed=s.seed,
+            progress=progress,
+        )
+        if s.eval_prompts > 0
+        else {}
+    )
+    tail = losses[-20:] or [float("nan")]
+    return {
+        "format_version": FORMAT_VERSION,
+        "digest": s.digest(),
+        "settings": asdict(s),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final_loss": sum(tail) / len(tail),
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.time() - t1, 1),
+        "metrics": metrics,
+    }
+
+
+def build_base_model(
+    settings: BaseModelSettings | None = None,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build (or reuse from the cache) the base model for ``settings``; returns its folder.
+
+    A folder that already holds a base model with the same settings hash is reused unless
+    ``force``. The model is built in a temporary sibling folder and renamed into place, so an
+    interrupted build never leaves a half-written model where a later run would reuse it.
+    """
+    s = settings or BaseModelSettings()
+    from selfimprove.tasks import TASKS
+
+    if s.task not in TASKS:
+        raise InputError(f"build-base: unknown task {s.task!r}; bundled tasks: {', '.join(TASKS)}")
+    target = Path(out).expanduser() if out is not None else default_base_dir(s)
+    info = read_info(target)
+    if info is not None and info.get("digest") == s.digest() and not force:
+        log.info("reusing the base model in %s", target)
+        return target
+    if target.exists() and info is None and any(target.iterdir()):
+        raise InputError(f"build-base: {target} exists and is not a base-model folder; choose another --out")
+    if info is not None and info.get("digest") != s.digest() and not force:
+        raise InputError(
+            f"build-base: {target} holds a base model built with other settings "
+            f"(digest {info.get('digest')} != {s.digest()}); pass --force to replace it"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = _build_into(tmp, s, progress)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,137 @@
+"""The embedded base model: built from scratch, cached, reused, deterministic (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfimprove.errors import InputError
+from selfimprove.models.base_model import (
+    INFO_FILE,
+    BaseModelSettings,
+    build_base_model,
+    default_base_dir,
+    read_info,
+)
+
+TINY = BaseModelSettings(
+    task="counting",
+    steps=4,
+    batch_size=8,
+    n_examples=64,
+    warmup_steps=2,
+    eval_prompts=4,
+    eval_samples=2,
+    max_new_tokens=8,
+)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_settings_digest_and_unknown_keys():
+    assert TINY.digest() == BaseModelSettings(**json.loads(json.dumps(TINY.__dict__))).digest()
+    assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "steps": 5}).digest()
+    with pytest.raises(InputError, match="unknown base-model setting"):
+        BaseModelSettings.from_dict({"stepz": 3})
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELFIMPROVE_CACHE", str(tmp_path))
+    assert default_base_dir(TINY) == tmp_path / f"base-counting-{TINY.digest()}"
+
+
+@pytest.mark.slow
+def test_build_writes_loads_reuses_and_is_deterministic(tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("SELFIMPROVE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    path = build_base_model(TINY, progress=False)
+    assert path == default_base_dir(TINY)
+    info = read_info(path)
+    assert info["digest"] == TINY.digest() and info["settings"]["steps"] == 4
+    m = info["metrics"]
+    assert set(m) >= {"pass@1", "maj@2", "pass@2", "answer_rate"} and m["n_samples"] == 8
+    assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0
+    assert info["final_loss"] == info["final_loss"] and info["final_loss"] > 0  # finite
+    assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
+    # no temporary folders left behind
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path))
+    assert model.config.head_dim == 64
+    # training moved the weights away from the fresh initialisation
+    from selfimprove.models.tiny import build_tiny_model
+
+    fresh = build_tiny_model(
+        tmp_path / "fresh", hidden_size=128, num_layers=2, num_heads=2, max_position_embeddings=512, seed=0
+    )
+    w0, w1 = _weights(fresh), _weights(path)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert model(**tok(ids, return_tensors="pt")).logits.shape[-1] == len(tok)
+
+    # second call: reused as is (same files, same mtime)
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert build_base_model(TINY, progress=False) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # determinism: the same settings in another folder give identical weights
+    other = build_base_model(TINY, tmp_path / "again", progress=False)
+    w2 = _weights(other)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+    # other settings into an existing folder need --force; force rebuilds atomically
+    changed = BaseModelSettings(**{**TINY.__dict__, "steps": 2})
+    with pytest.raises(InputError, match="other settings"):
+        build_base_model(changed, tmp_path / "again", progress=False)
+    build_base_model(changed, tmp_path / "again", force=True, progress=False)
+    assert read_info(tmp_path / "again")["settings"]["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "cache", "fresh"]
+
+
+def test_refuses_foreign_folder_and_unknown_task(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a base-model folder"):
+        build_base_model(TINY, tmp_path / "x", progress=False)
+    with pytest.raises(InputError, match="unknown task 'algebra'"):
+        build_base_model(BaseModelSettings(task="algebra"), tmp_path / "y", progress=False)
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "x" / INFO_FILE).exists()
+
+
+@pytest.mark.slow
+def test_cli_build_base(tmp_path, capsys):
+    from selfimprove.cli import main
+
+    out = tmp_path / "m"
+    rc = main(
+        [
+            "build-base",
+            "--task",
+            "sorting",
+            "--steps",
+            "2",
+            "--eval-prompts",
+            "2",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "pass@1" in printed
+    assert read_info(out)["settings"]["task"] == "sorting"
+    assert main(["build-base", "--task", "sorting", "--hidden-size", "100"]) == 2
