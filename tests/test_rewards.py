@@ -374,3 +374,34 @@ def test_grpo_trainer_with_majority_vote_reward_changes_adapter(tiny_model_dir, 
     logs = [h for h in trainer.state.log_history if "rewards/majority_vote/mean" in h]
     assert len(logs) == 2 and all(0.0 < h["rewards/majority_vote/mean"] <= 1.0 for h in logs)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+
+
+def test_rewards_property_unicode_and_long_inputs():
+    import time
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    fns = [
+        get_reward("majority_vote", extractor="boxed"),
+        get_reward("novelty"),
+        get_reward("format", extractor="answer_is"),
+        get_reward("length", max_length=50),
+        get_reward("pseudo_label", extractor="choice"),
+    ]
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.text(max_size=200), min_size=1, max_size=6))
+    def check(texts):
+        cols = {"prompts": ["p"] * len(texts), "pseudo_label": ["A"] * len(texts)}
+        for fn in fns:
+            out = fn(texts, **cols)
+            assert len(out) == len(texts)
+            assert all(v is None or isinstance(v, float) for v in out)
+
+    check()
+    long = ["\\boxed{" * 30_000, "answer is " * 30_000, "x" * 500_000, "(" * 100_000]
+    start = time.perf_counter()
+    for fn in fns:
+        assert len(fn(long, prompts=["p"] * 4, pseudo_label=["A"] * 4)) == 4
+    assert time.perf_counter() - start < 20.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,9 +109,9 @@ def _group_keys(n: int, columns: dict[str, Any]) -> list[str]:
 
 def _world() -> tuple[int, int]:
     """(rank, world size) of torch.distributed, (0, 1) when not initialised."""
-    try:
-        import torch.distributed as dist
-    except ImportError:
+    # A process group can only exist if torch is already imported: never import torch just to ask.
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
         return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
