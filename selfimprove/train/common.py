@@ -246,3 +246,25 @@ def run_and_save(
         tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
         os.replace(tmp, Path(out_dir) / "train_result.json")
     return result
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class StepTimer(_callback_base()):
+    """A trainer callback recording the wall time of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.step_seconds: list[float] = []
+        self._start: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.step_seconds.append(time.perf_counter() - self._start)
+            self._start = None
