@@ -176,10 +176,9 @@ def train_on_demonstrations(
     return losses
 
 
-def sample_answers(
+def sample_completions(
     model: Any,
     tok: Any,
-    task: Any,
     prompts: list[dict[str, Any]],
     *,
     n: int,
@@ -188,20 +187,18 @@ def sample_answers(
     batch_prompts: int = 32,
     seed: int = 0,
     progress: bool = False,
-) -> dict[str, list[str | None]]:
-    """Sample ``n`` completions per prompt with HF generate and extract the task's answers."""
+) -> dict[str, list[str]]:
+    """Sample ``n`` completion texts per prompt with HF generate (prompt_id -> texts)."""
     import torch
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
-    answers: dict[str, list[str | None]] = {}
+    texts_out: dict[str, list[str]] = {}
     tok.padding_side = "left"
     chunks = range(0, len(prompts), batch_prompts)
-    for start in tqdm(chunks, desc="base model: sampling", disable=not progress, leave=False):
+    for start in tqdm(chunks, desc="sampling", disable=not progress, leave=False):
         chunk = prompts[start : start + batch_prompts]
-        texts = [
-            tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False) for p in chunk
-        ]
+        texts = [tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False) for p in chunk]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(
@@ -215,11 +212,18 @@ def sample_answers(
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
             )
-        gen = out[:, enc["input_ids"].shape[1] :]
-        decoded = tok.batch_decode(gen, skip_special_tokens=True)
+        decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for i, p in enumerate(chunk):
-            answers[p["prompt_id"]] = [task.extract(t) for t in decoded[i * n : (i + 1) * n]]
-    return answers
+            texts_out[p["prompt_id"]] = decoded[i * n : (i + 1) * n]
+    return texts_out
+
+
+def sample_answers(
+    model: Any, tok: Any, task: Any, prompts: list[dict[str, Any]], **sampling: Any
+) -> dict[str, list[str | None]]:
+    """Sample completions (see :func:`sample_completions`) and extract the task's answers."""
+    texts = sample_completions(model, tok, prompts, **sampling)
+    return {pid: [task.extract(t) for t in ts] for pid, ts in texts.items()}
 
 
 def measure(
