@@ -1,12 +1,14 @@
-"""Group-level rewards are exact on two processes: a real TRL GRPOTrainer run under torchrun.
+"""Group-level rewards are exact on two processes: a real two-process TRL GRPOTrainer run.
 
 With ``per_device_train_batch_size=2`` and ``num_generations=4`` every prompt's group is split
 across the two processes. The online majority-vote reward gathers the group; the rewards each
 process computed must equal a single-process recomputation over the gathered completions, and
 must differ from what a process would compute from its own half (so the test can fail).
 
-Note: ``accelerate launch --num_processes 2 --cpu`` (accelerate 1.15, no mpirun) starts one
-process only; ``torchrun --nproc_per_node 2`` starts two, and TRL/accelerate pick them up.
+Note: ``accelerate launch --num_processes 2 --cpu`` (accelerate 1.15, no mpirun) starts ONE
+process (checked: WORLD_SIZE unset). ``accelerate launch --multi_gpu --num_processes 2`` starts two
+torch.distributed processes, which run on CPU with gloo because the trainer config has
+``use_cpu=True``; ``torchrun --nproc_per_node 2`` works the same way.
 """
 
 from __future__ import annotations
