@@ -230,7 +230,15 @@ def _parse(body: dict[str, Any], chat: bool, sampling: Sampling) -> Completion:
             ]
         else:
             token_logprobs = [float(x) for x in lp.get("token_logprobs") or []]
-            logprobs = [{k: float(v) for k, v in (d or {}).items()} for d in lp.get("top_logprobs") or []]
+            # vLLM adds the sampled token to the top-k; keep the k most likely, like the other backends.
+            logprobs = [
+                dict(
+                    sorted(((k, float(v)) for k, v in (d or {}).items()), key=lambda kv: -kv[1])[
+                        : sampling.logprobs
+                    ]
+                )
+                for d in lp.get("top_logprobs") or []
+            ]
     return Completion(
         text=text or "",
         finish_reason=reason,
