@@ -369,3 +369,29 @@ def build_base_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# Per-task settings of the demo base model (measured in benchmarks/results/selftrain.md).
+RECOMMENDED: dict[str, dict[str, Any]] = {
+    "arithmetic": {},
+    "counting": {},
+    "sorting": {},
+    "string_ops": {},
+}
+
+
+def recommended_settings(task: str = "arithmetic", **overrides: Any) -> BaseModelSettings:
+    """The demo's base-model settings for ``task`` (see ``RECOMMENDED``), with overrides applied."""
+    return BaseModelSettings.from_dict({"task": task, **RECOMMENDED.get(task, {}), **overrides})
+
+
+def ensure_base_model(
+    task: str = "arithmetic",
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Build the recommended base model for ``task`` or reuse the cached one; returns its folder."""
+    return build_base_model(recommended_settings(task, **overrides), out, force=force, progress=progress)
