@@ -313,3 +313,26 @@ def test_get_judge_by_name():
         get_judge("listwise", BiasedJudge(0.0))
     with pytest.raises(ConfigError, match="bad options"):
         get_judge("pointwise", BiasedJudge(0.0), colour="red")
+
+
+@pytest.mark.slow
+def test_real_model_paraphrases_through_generator(hf_judge_generator):
+    from selfimprove.generate.base import Sampling
+    from selfimprove.score.rewards import make_paraphrases
+
+    qs = ["What is 12 + 30?", "Name a colour.", "How many legs has a cat?"]
+    stats: dict[str, int] = {}
+    out = make_paraphrases(
+        hf_judge_generator, qs, sampling=Sampling(n=1, temperature=1.0, max_tokens=12, seed=0), stats=stats
+    )
+    assert len(out) == 3 and sum(stats.values()) == 3
+    assert all(p is None or (isinstance(p, str) and p.strip()) for p in out)
+    # a random tiny model cannot keep "12" and "30": that rewrite must be rejected
+    assert out[0] is None and stats.get("numbers_changed", 0) + stats.get("empty", 0) >= 1
+    unchecked = make_paraphrases(
+        hf_judge_generator,
+        qs[1:],
+        sampling=Sampling(n=1, temperature=1.0, max_tokens=12, seed=0),
+        check_numbers=False,
+    )
+    assert len(unchecked) == 2

@@ -148,6 +148,7 @@ class PointwiseJudge:
         max_score: float = 5,
         sampling: Sampling | None = None,
         adapter: str | None = None,
+        progress: bool = False,
     ) -> None:
         if n_repeats < 1:
             raise ConfigError(f"judge n_repeats must be >= 1, got {n_repeats!r}")
@@ -161,6 +162,7 @@ class PointwiseJudge:
         if self.sampling.n != n_repeats:
             raise ConfigError(f"judge sampling.n ({self.sampling.n}) must equal n_repeats ({n_repeats})")
         self.adapter = adapter
+        self.progress = progress  # a progress bar from the generator on long judging runs
         self.stats: Counter[str] = Counter()
 
     def judge(self, questions: Sequence[str], responses: Sequence[str]) -> list[PointwiseJudgement]:
@@ -173,7 +175,9 @@ class PointwiseJudge:
         ]
         if not prompts:
             return []
-        outputs = self.generator.generate(prompts, self.sampling, adapter=self.adapter)
+        outputs = self.generator.generate(
+            prompts, self.sampling, adapter=self.adapter, progress=self.progress
+        )
         results = []
         for comps in outputs:
             scores: list[float | None] = []
@@ -253,6 +257,7 @@ class PairwiseJudge:
         sampling: Sampling | None = None,
         adapter: str | None = None,
         top_logprobs: int = 20,
+        progress: bool = False,
     ) -> None:
         if mode not in ("text", "logprob"):
             raise ConfigError(f"pairwise judge mode must be 'text' or 'logprob', got {mode!r}")
@@ -273,6 +278,7 @@ class PairwiseJudge:
             raise ConfigError("pairwise judge mode 'logprob' needs sampling.logprobs >= 1")
         self.sampling = sampling
         self.adapter = adapter
+        self.progress = progress  # a progress bar from the generator on long judging runs
         self.stats: Counter[str] = Counter()
         # sum of P(first position wins) over parsed calls: measures position bias
         self._first_pos_sum = 0.0
@@ -325,7 +331,9 @@ class PairwiseJudge:
         prompts += [
             self._prompt(q, b, a) for q, a, b in zip(questions, responses_a, responses_b, strict=True)
         ]
-        outputs = self.generator.generate(prompts, self.sampling, adapter=self.adapter)
+        outputs = self.generator.generate(
+            prompts, self.sampling, adapter=self.adapter, progress=self.progress
+        )
         results = []
         for i in range(n):
             ab = [self._first_preference(c) for c in outputs[i]]

@@ -138,12 +138,17 @@ class ImplicitPRM:
             for i, (r, s) in enumerate(zip(rows, starts, strict=True))
         ]
 
-    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[ProcessScore]:
+    def score(
+        self, prompts: Sequence[Any], responses: Sequence[str], *, progress: bool = False
+    ) -> list[ProcessScore]:
         """Step rewards, outcome reward and token log-ratios for each (prompt, response)."""
+        from tqdm.auto import tqdm
+
         if len(prompts) != len(responses):
             raise InputError(f"implicit PRM: {len(prompts)} prompts but {len(responses)} responses")
         results: list[ProcessScore] = []
-        for b in range(0, len(prompts), self.batch_size):
+        batches = range(0, len(prompts), self.batch_size)
+        for b in tqdm(batches, desc="implicit PRM", disable=not progress):
             chunk = list(
                 zip(prompts[b : b + self.batch_size], responses[b : b + self.batch_size], strict=True)
             )

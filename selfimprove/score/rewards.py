@@ -759,6 +759,7 @@ def make_paraphrases(
     sampling: Any = None,
     check_numbers: bool = True,
     stats: dict[str, int] | None = None,
+    progress: bool = False,
 ) -> list[str | None]:
     """Answer-preserving rewrites of ``questions`` by an LLM through any Generator.
 
@@ -773,7 +774,7 @@ def make_paraphrases(
     sampling = sampling or Sampling(n=1, temperature=0.7, max_tokens=256)
     counts = Counter()
     prompts = [[{"role": "user", "content": template.format(question=q)}] for q in questions]
-    results = generator.generate(prompts, sampling) if prompts else []
+    results = generator.generate(prompts, sampling, progress=progress) if prompts else []
     out: list[str | None] = []
     for q, comps in zip(questions, results, strict=True):
         text = comps[0].text if comps and comps[0].finish_reason != "error" else ""
