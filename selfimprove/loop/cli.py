@@ -1,5 +1,7 @@
 """Run rounds of label-free self-training from a YAML config.
 
+Overrides (key.sub=value) go right after CONFIG, or anywhere as --set key.sub=value.
+
 Examples:
   selfimprove run configs/rejection_sft.yaml
   selfimprove run configs/ttrl_grpo.yaml loop.rounds=5 training.lora.rank=8 --run-dir runs/ttrl
@@ -21,6 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="key.sub=value",
         help="override config keys; values are parsed as YAML (e.g. loop.rounds=5 generation.stop='[\"\\n\"]')",
+    )
+    parser.add_argument(
+        "--set",
+        dest="more_overrides",
+        action="append",
+        default=[],
+        metavar="key.sub=value",
+        help="an override given after other options (repeatable); same as a positional override",
     )
     parser.add_argument("--run-dir", default=None, help="run folder (default: output.run_dir or runs/<name>)")
     parser.add_argument(
@@ -45,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.force and not args.resume:
         print("selfimprove run: note: --force only matters with --resume", file=sys.stderr)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *args.more_overrides])
     run_dir = resolve_run_dir(cfg, args.run_dir)
     summary = run_loop(
         cfg,

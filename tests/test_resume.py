@@ -1,0 +1,212 @@
+"""Resume: kill -9 a real run mid-round, resume it to completion without redoing finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from selfimprove.errors import ConfigError, InputError
+from selfimprove.loop.config import load_config
+from selfimprove.loop.runner import run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _task(path: Path, n: int = 16) -> None:
+    with open(path, "w") as fh:
+        for i in range(n):
+            row = {
+                "id": f"q{i}",
+                "prompt": [{"role": "user", "content": f"Pick a letter for item {i}."}],
+                "answer": "abcde"[i % 5],
+                "split": "eval" if i % 2 else "train",
+            }
+            fh.write(json.dumps(row) + "\n")
+
+
+def _config(tmp: Path, model: Path | str, max_tokens: int = 16) -> Path:
+    _task(tmp / "task.jsonl")
+    text = f"""
+name: resume-test
+description: kill and resume
+model: {{path: "{model}"}}
+task: {{name: null, file: "{tmp / "task.jsonl"}", train_size: null, eval_size: null}}
+scoring:
+  extractor: regex
+  extractor_options: {{pattern: "([a-e])", which: first}}
+generation: {{backend: hf, n: 4, max_tokens: {max_tokens}, batch_size: 2}}
+data: {{sft: {{drop_truncated: false}}}}
+training: {{method: sft, max_steps: 3, batch_size: 2, learning_rate: 0.01}}
+evaluation: {{n: 4, k: [1, 4]}}
+loop: {{rounds: 1}}
+"""
+    path = tmp / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _state(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _start(cfg: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "selfimprove.cli",
+            "run",
+            str(cfg),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, cond, timeout: float = 240) -> bool:
+    """SIGKILL ``proc`` as soon as ``cond()`` holds; False if it ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        if cond():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            return True
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("condition never held")
+
+
+@pytest.mark.slow
+def test_kill_mid_round_and_resume(tmp_path, tiny_model_dir):
+    cfg = _config(tmp_path, tiny_model_dir)
+    run_dir = tmp_path / "run"
+    rollouts = run_dir / "round_01" / "rollouts.jsonl"
+
+    # 1. Kill during round 1's generation, after at least two prompt groups were stored.
+    proc = _start(cfg, run_dir)
+    assert _kill_when(proc, lambda: len(_lines(rollouts)) >= 8), proc.stdout.read()
+    state = _state(run_dir)
+    assert "generate" not in state["rounds"]["1"]["done"], "killed too late to test a mid-stage kill"
+    before = _lines(rollouts)
+    complete = [json.loads(x) for x in before if x.endswith("}")]
+    kept_ids = {
+        r["prompt_id"] for r in complete if sum(c["prompt_id"] == r["prompt_id"] for c in complete) == 4
+    }
+    assert len(kept_ids) >= 2
+    eval0 = (run_dir / "round_00" / "eval" / "rollouts.jsonl").read_bytes()
+
+    # 2. Resume; kill again while round 1 trains (if we catch it), to test a kill at that stage too.
+    proc = _start(cfg, run_dir, "--resume")
+    killed_in_train = _kill_when(
+        proc,
+        lambda: (
+            "build" in _state(run_dir).get("rounds", {}).get("1", {}).get("done", [])
+            and "train" not in _state(run_dir)["rounds"]["1"]["done"]
+        ),
+    )
+    if killed_in_train:
+        assert not (run_dir / "round_01" / "adapter").exists()
+
+    # 3. Resume to the end.
+    proc = _start(cfg, run_dir, "--resume")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "round" in out and "pass@1" in out  # the round table
+
+    state = _state(run_dir)
+    assert state["finished"]
+    assert state["rounds"]["1"]["done"] == ["generate", "score", "build", "train", "evaluate", "metrics"]
+    final = [json.loads(x) for x in _lines(rollouts)]
+    assert len(final) == 8 * 4
+    counts = {}
+    for x in final:
+        counts[x["prompt_id"]] = counts.get(x["prompt_id"], 0) + 1
+    assert set(counts.values()) == {4}
+    # Prompts finished before the kill were not generated again: their samples are byte-identical.
+    for pid in kept_ids:
+        old = [r for r in complete if r["prompt_id"] == pid]
+        new = [r for r in final if r["prompt_id"] == pid]
+        assert old == new
+    # A finished stage (round 0's evaluation) was not redone.
+    assert (run_dir / "round_00" / "eval" / "rollouts.jsonl").read_bytes() == eval0
+    assert (run_dir / "round_01" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (run_dir / "round_01" / "adapter.tmp").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [s["resumed"] for s in manifest["starts"]][0] is False
+    assert all(s["resumed"] for s in manifest["starts"][1:]) and len(manifest["starts"]) >= 3
+    history = [json.loads(x) for x in _lines(run_dir / "metrics.jsonl")]
+    assert [m["round"] for m in history] == [0, 1]
+
+    # 4. Resuming a finished run redoes nothing and starts no engine.
+    logs: list[str] = []
+    summary = run(load_config(cfg), run_dir, resume=True, progress=False, log=logs.append)
+    assert summary["rounds_completed"] == 1
+    assert not any("starting the hf generator" in m or ": generate" in m for m in logs), logs
+
+
+def test_existing_run_refused_and_changed_config(tmp_path):
+    """Resume checks happen before any model is loaded (a missing model proves we got past them)."""
+    cfg_path = _config(tmp_path, tmp_path / "no-model")
+    cfg = load_config(cfg_path)
+    run_dir = tmp_path / "run"
+    with pytest.raises(InputError, match="model folder not found"):
+        run(cfg, run_dir, progress=False, log=lambda m: None)
+    assert (run_dir / "state.json").is_file() and (run_dir / "config.yaml").is_file()
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        run(cfg, run_dir, progress=False, log=lambda m: None)
+    changed = load_config(cfg_path, ["loop.seed=7"])
+    with pytest.raises(ConfigError, match="config differs") as info:
+        run(changed, run_dir, resume=True, progress=False, log=lambda m: None)
+    assert "--force" in str(info.value)
+    # Same config: accepted. Changed config with force: accepted and recorded.
+    with pytest.raises(InputError, match="model folder not found"):
+        run(cfg, run_dir, resume=True, progress=False, log=lambda m: None)
+    with pytest.raises(InputError, match="model folder not found"):
+        run(changed, run_dir, resume=True, force=True, progress=False, log=lambda m: None)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["fingerprint"] == changed.fingerprint() and state["forced"]
+    # A changed output location is not a changed config.
+    moved = load_config(cfg_path, ["loop.seed=7", "output.tensorboard=false"])
+    with pytest.raises(InputError, match="model folder not found"):
+        run(moved, run_dir, resume=True, progress=False, log=lambda m: None)
+
+
+def test_resume_of_non_run_folder(tmp_path):
+    cfg = load_config(_config(tmp_path, tmp_path / "no-model"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="no state.json"):
+        run(cfg, tmp_path / "junk", resume=True, progress=False, log=lambda m: None)
+
+
+def test_cli_refusal_exit_code(tmp_path):
+    cfg = _config(tmp_path, tmp_path / "no-model")
+    from selfimprove.cli import main
+
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert main(["run", str(cfg), "loop.seed=3", "--run-dir", str(tmp_path / "r"), "--resume"]) == 2
+    assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--resume", "--set", "loop.seed=3"]) == 2
+    assert main(["run", str(cfg), "training.lora.rnak=3"]) == 2
