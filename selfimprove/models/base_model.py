@@ -96,13 +96,15 @@ def read_info(model_dir: str | Path) -> dict[str, Any] | None:
 
 def _encode_examples(tok: Any, demos: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per demonstration; the prompt part is masked out of the loss."""
-    out = []
-    for d in demos:
-        prompt_text = tok.apply_chat_template(d["prompt"], add_generation_prompt=True, tokenize=False)
-        prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
-        completion_ids = tok(d["completion"] + tok.eos_token, add_special_tokens=False)["input_ids"]
-        out.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
-    return out
+    prompts = [
+        tok.apply_chat_template(d["prompt"], add_generation_prompt=True, tokenize=False) for d in demos
+    ]
+    # One batched call each: per-row tokenizer calls cost more than the rest of the encoding.
+    prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    completion_ids = tok([d["completion"] + tok.eos_token for d in demos], add_special_tokens=False)[
+        "input_ids"
+    ]
+    return [(p + c, [-100] * len(p) + c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
 
 
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
@@ -198,7 +200,9 @@ def sample_completions(
     chunks = range(0, len(prompts), batch_prompts)
     for start in tqdm(chunks, desc="sampling", disable=not progress, leave=False):
         chunk = prompts[start : start + batch_prompts]
-        texts = [tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False) for p in chunk]
+        texts = [
+            tok.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False) for p in chunk
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(
