@@ -1,0 +1,101 @@
+"""Collapse guard rules and the label-free best-round choice, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfimprove.loop.config import GuardConfig
+from selfimprove.loop.guard import (
+    DISTINCT,
+    ENTROPY,
+    LENGTH,
+    MAJORITY,
+    best_round,
+    check_collapse,
+    guard_settings,
+)
+
+REF = {MAJORITY: 0.5, ENTROPY: 1.0, DISTINCT: 3.0, LENGTH: 40.0}
+
+
+def _m(**kw):
+    out = dict(REF)
+    keys = {"maj": MAJORITY, "ent": ENTROPY, "dis": DISTINCT, "len": LENGTH}
+    for k, v in kw.items():
+        out[keys[k]] = v
+    return out
+
+
+# (current diagnostics, settings, expected collapsed, substrings of the reasons)
+CASES = [
+    (_m(), {}, False, []),
+    (_m(maj=0.8, ent=0.6, dis=2.0, len=35.0), {}, False, []),  # healthy sharpening
+    (_m(ent=0.2), {}, True, ["answer entropy fell to 20%"]),
+    (_m(ent=0.31), {}, False, []),  # just above the 30% floor
+    (_m(ent=0.2), {"min_entropy_ratio": None}, False, []),  # rule off
+    (_m(dis=0.6), {}, True, ["distinct answers per prompt fell to 20%"]),
+    (_m(maj=0.995), {}, True, ["majority ratio saturated at 0.995"]),
+    (_m(maj=0.995), {"max_majority_ratio": 0.999}, False, []),
+    (_m(len=10.0), {}, True, ["mean completion length fell to 25%"]),
+    (_m(len=130.0), {}, True, ["grew to 3.2x"]),
+    (_m(len=130.0), {"max_length_ratio": None}, False, []),
+    (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), {}, True, ["entropy", "distinct", "saturated", "length fell"]),
+]
+
+
+@pytest.mark.parametrize("current,settings,collapsed,reasons", CASES)
+def test_check_collapse(current, settings, collapsed, reasons):
+    d = check_collapse(REF, current, round=3, **settings)
+    assert d.collapsed is collapsed and d.round == 3
+    assert len(d.reasons) == len(reasons)
+    for needle, reason in zip(reasons, d.reasons, strict=True):
+        assert needle in reason
+
+
+def test_saturated_base_is_not_collapse():
+    """A base model that already agrees with itself has not collapsed through training."""
+    ref = _m(maj=1.0)
+    assert not check_collapse(ref, _m(maj=1.0)).collapsed
+
+
+def test_missing_or_zero_reference_turns_rule_off():
+    assert not check_collapse({MAJORITY: 0.4, ENTROPY: 0.0}, {MAJORITY: 0.5, ENTROPY: 0.0}).collapsed
+    assert not check_collapse({}, _m(ent=0.0, dis=0.0, len=1.0)).collapsed
+
+
+def test_guard_settings_from_config():
+    cfg = GuardConfig(min_entropy_ratio=0.5, max_length_ratio=None)
+    s = guard_settings(cfg)
+    assert s["min_entropy_ratio"] == 0.5 and s["max_length_ratio"] is None
+    assert check_collapse(REF, _m(ent=0.4), **s).collapsed
+
+
+# (history as (round, majority ratio), collapsed rounds, expected best round)
+BEST = [
+    ([(0, 0.5), (1, 0.7), (2, 0.8)], [], 2),
+    ([(0, 0.5), (1, 0.7), (2, 0.99)], [2], 1),  # the saturated round was flagged
+    ([(0, 0.5), (1, 0.4)], [], 0),  # training made it worse: the base model wins
+    ([(0, 0.5), (1, 0.7), (2, 0.7)], [], 1),  # ties go to the earlier round
+    ([(0, 0.5)], [0], None),
+    ([], [], None),
+]
+
+
+@pytest.mark.parametrize("hist,collapsed,expected", BEST)
+def test_best_round(hist, collapsed, expected):
+    history = [{"round": r, MAJORITY: v} for r, v in hist]
+    best, score = best_round(history, collapsed)
+    assert best == expected
+    if expected is not None:
+        assert score == dict(hist)[expected]
+
+
+def test_best_round_ignores_gold_metrics():
+    """Gold-based accuracy is in the metrics but the choice must not depend on it."""
+    history = [
+        {"round": 0, MAJORITY: 0.5, "eval/pass@1": 0.9, "train/label_accuracy": 1.0},
+        {"round": 1, MAJORITY: 0.6, "eval/pass@1": 0.1, "train/label_accuracy": 0.0},
+    ]
+    assert best_round(history)[0] == 1
+    history[1]["eval/pass@1"] = 0.99
+    assert best_round(history)[0] == 1
