@@ -220,7 +220,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
-    """``vllm serve`` on the tiny model with one LoRA module ``ad1``; yields (base_url, adapter dir)."""
+    """``vllm serve`` on the tiny model with LoRA module ``ad1``; yields (wait_ready() -> url, adapter)."""
     adapter = make_lora_adapter(tmp_path_factory.mktemp("served") / "ad1", seed=1)
     port = free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
@@ -234,20 +234,24 @@ def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
+
+    def wait_ready() -> str:
         deadline = time.monotonic() + 300
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 if httpx.get(base + "/models", timeout=2).status_code == 200:
-                    break
+                    return base
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"vllm serve not ready after 300 s:\n{log.read_text()[-3000:]}")
             time.sleep(2)
-        yield base, adapter
+
+    try:
+        # Not waited for here: the test first builds the local engine while the server boots.
+        yield wait_ready, adapter
     finally:
         # The server runs in its own session: stop the whole group (API server + EngineCore).
         os.killpg(proc.pid, signal.SIGTERM)
@@ -266,7 +270,8 @@ PROMPTS = ["hello world", [{"role": "user", "content": "hi there"}]]
 def test_vllm_serve_matches_local_engines(vllm_server, vllm_generator, tiny_model_dir):
     from selfimprove.generate.hf_backend import HFGenerator
 
-    base, adapter = vllm_server
+    wait_ready, adapter = vllm_server
+    base = wait_ready()
     gen = OpenAIGenerator("tiny", base_url=base, max_concurrency=4)
     hf = HFGenerator(tiny_model_dir)
     greedy = Sampling(temperature=0, max_tokens=12)
@@ -300,7 +305,7 @@ def test_vllm_serve_matches_local_engines(vllm_server, vllm_generator, tiny_mode
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_cli_openai_backend_against_vllm_serve(vllm_server, tmp_path):
-    base, _ = vllm_server
+    base = vllm_server[0]()
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "abc", "topic": "t"}\n{"prompt": [{"role": "user", "content": "x"}]}\n')
     out = tmp_path / "out"
