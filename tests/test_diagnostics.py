@@ -87,6 +87,8 @@ def test_score_rollouts_rejects_gold_in_meta_and_bad_records():
     rolls = [rollout("p", 0, "1", meta={"answer": "1"})]
     with pytest.raises(LabelLeakError, match="answer"):
         score_rollouts(rolls)
+    with pytest.raises(LabelLeakError, match="gold"):
+        score_rollouts([{**rollout("p", 0, "1"), "gold": "1"}])
     with pytest.raises(InputError, match="rollout 0: missing field 'completion'"):
         score_rollouts([{"prompt_id": "p"}])
     with pytest.raises(InputError, match="judge_scores"):

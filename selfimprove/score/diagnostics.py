@@ -76,6 +76,7 @@ def score_rollouts(
         for key in ("prompt_id", "completion"):
             if key not in r:
                 raise InputError(f"rollout {i}: missing field {key!r}")
+        check_no_gold(list(r), f"rollout {i} (label-free scoring)")
         meta = r.get("meta") or {}
         check_no_gold(
             list(meta) if isinstance(meta, Mapping) else [], f"rollout {i} meta (label-free scoring)"
@@ -204,9 +205,10 @@ def compute_diagnostics(
     for recs in groups.values():
         answers = [r.get("extracted") for r in recs]
         vote = majority_vote(answers)
-        ratios.append(vote.majority_ratio)
+        # the scorer's own fields win (they may cluster math-equivalent answers)
+        ratios.append(recs[0].get("majority_ratio", vote.majority_ratio))
         entropies.append(vote.entropy())
-        distinct.append(vote.n_distinct)
+        distinct.append(recs[0].get("n_distinct", vote.n_distinct))
         if recs[0].get("pseudo_label", vote.pseudo_label) is None:
             abstained += 1
         rewards = {r.get("reward") for r in recs}
