@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -24,8 +25,11 @@ from typing import Any
 from selfimprove.errors import ConfigError, InputError
 from selfimprove.generate.base import Completion, Sampling
 
-# prompts/ at the repository root (shipped beside the package).
+# prompts/ at the repository root (beside the package in a source checkout / editable install).
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+# Also searched, in this order after an explicit path: $SELFIMPROVE_PROMPTS_DIR, PROMPTS_DIR, and
+# selfimprove/prompts inside the package (where a wheel would carry them).
+_PACKAGE_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 # Judge replies are parsed from their last characters only (bounded time on run-away replies).
 _MAX_REPLY = 4096
 
@@ -33,7 +37,9 @@ _MAX_REPLY = 4096
 def load_prompt(name_or_path: str | Path) -> str:
     """Text of a prompt template: a name in prompts/ (without .txt) or a file path."""
     p = Path(name_or_path)
-    candidates = [p] if p.suffix else [PROMPTS_DIR / f"{name_or_path}.txt", p]
+    dirs = [Path(d) for d in [os.environ.get("SELFIMPROVE_PROMPTS_DIR")] if d]
+    dirs += [PROMPTS_DIR, _PACKAGE_PROMPTS]
+    candidates = [p] if p.suffix else [*(d / f"{name_or_path}.txt" for d in dirs), p]
     for c in candidates:
         if c.is_file():
             return c.read_text(encoding="utf-8")
