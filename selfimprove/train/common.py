@@ -198,6 +198,8 @@ def run_and_save(
     """Train, save the adapter with ``adapter_meta.json``, and collect a ``TrainResult``."""
     from selfimprove.train.adapters import save_adapter
 
+    timer = StepTimer()
+    trainer.add_callback(timer)
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
@@ -229,6 +231,9 @@ def run_and_save(
         is_main_process=trainer.is_world_process_zero(),
     )
     metrics = dict(output.metrics)
+    if timer.step_seconds:
+        metrics["time/step_s"] = sum(timer.step_seconds) / len(timer.step_seconds)
+        history["time/step_s"] = list(timer.step_seconds)
     result = TrainResult(
         adapter_path=path,
         method=method,

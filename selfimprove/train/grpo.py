@@ -29,7 +29,6 @@ from selfimprove.errors import ConfigError
 from selfimprove.generate.base import Generator, Sampling
 from selfimprove.train.common import (
     LoraSettings,
-    StepTimer,
     TrainResult,
     check_rows,
     load_model_and_tokenizer,
@@ -100,8 +99,6 @@ def train_grpo(
             peft_config=None if adapter_init is not None else lora.to_peft(),
             rollout_func=rollout,
         )
-        timer = StepTimer()
-        trainer.add_callback(timer)
         meta = {
             "lora": lora.__dict__,
             "num_generations": num_generations,
@@ -123,14 +120,14 @@ def train_grpo(
     finally:
         if owned is not None:
             owned.close()
-    steps = max(len(timer.step_seconds), 1)
+    step_seconds = result.history.get("time/step_s", [])
+    steps = max(len(step_seconds), 1)
     gen, score = trainer.si_seconds["generation"], trainer.si_seconds["scoring"]
     result.metrics.update(
         {
-            "time/step_s": sum(timer.step_seconds) / steps,
             "time/generation_s": gen / steps,
             "time/scoring_s": score / steps,
-            "time/update_s": (sum(timer.step_seconds) - gen - score) / steps,
+            "time/update_s": (sum(step_seconds) - gen - score) / steps,
             "generator": _generator_name(generator),
             "adapter_syncs": rollout.syncs if rollout is not None else 0,
         }
