@@ -329,10 +329,3 @@ def test_real_model_paraphrases_through_generator(hf_judge_generator):
     assert all(p is None or (isinstance(p, str) and p.strip()) for p in out)
     # a random tiny model cannot keep "12" and "30": that rewrite must be rejected
     assert out[0] is None and stats.get("numbers_changed", 0) + stats.get("empty", 0) >= 1
-    unchecked = make_paraphrases(
-        hf_judge_generator,
-        qs[1:],
-        sampling=Sampling(n=1, temperature=1.0, max_tokens=12, seed=0),
-        check_numbers=False,
-    )
-    assert len(unchecked) == 2
