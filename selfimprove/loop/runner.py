@@ -434,7 +434,19 @@ def _split_trainer_options(trainer: Callable[..., Any], options: Mapping[str, An
     import inspect
 
     params = inspect.signature(trainer).parameters
-    reserved = {"model", "rows", "pairs", "prompts", "out_dir", "adapter_init", "lora", "args", "seed"}
+    reserved = {
+        "model",
+        "rows",
+        "pairs",
+        "prompts",
+        "out_dir",
+        "adapter_init",
+        "lora",
+        "args",
+        "seed",
+        "reward_funcs",
+        "allow_gold_columns",
+    }
     kwargs = {k: v for k, v in options.items() if k in params and k not in reserved}
     args = {k: v for k, v in options.items() if k not in kwargs}
     return kwargs, args
@@ -762,11 +774,17 @@ class _Run:
         kwargs, args = _split_trainer_options(trainer, _train_args(self.cfg))
         if method == "grpo":
             terms = _build_rewards(self.cfg, self.task)
-            if any(gold for *_x, gold in terms) and not self.cfg.supervised:
+            reads_gold = any(gold for *_x, gold in terms)
+            if reads_gold and not self.cfg.supervised:
                 raise ConfigError("a gold-reading reward needs `supervised: true`")
+            if reads_gold:
+                # SUPERVISED baseline: the verifier reward reads the gold column during training.
+                gold = self._train_gold()
+                rows = [{**row, "answer": gold.get(str(row["prompt_id"]))} for row in rows]
+                kwargs["allow_gold_columns"] = True
             kwargs["reward_funcs"] = [fn for _n, fn, _w, _g in terms]
             args.setdefault("reward_weights", [w for _n, _f, w, _g in terms])
-        result = trainer(self.model_path, rows, tmp, args=args, **common, **kwargs)
+        result = trainer(self.model_path, rows, out_dir=tmp, args=args, **common, **kwargs)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
