@@ -338,6 +338,16 @@ def test_grpo_trainer_with_majority_vote_reward_changes_adapter(tiny_model_dir, 
         return r
 
     spy.__name__ = "majority_vote"
+    # Intuitor online: self-certainty on the very model object the trainer wraps with LoRA.
+    from transformers import AutoModelForCausalLM
+
+    from selfimprove.score.rewards import SelfCertaintyReward
+
+    policy = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    certainty = SelfCertaintyReward(policy, tokenizer)
+    probe = (["Q1: pick"], ["abcdef"])
+    certainty_before = certainty.raw_scores(*probe)[0]
     data = Dataset.from_dict({"prompt": ["Q1: pick", "Q2: pick"], "prompt_id": ["p1", "p2"]})
     config = GRPOConfig(
         output_dir=str(tmp_path / "grpo"),
@@ -355,13 +365,14 @@ def test_grpo_trainer_with_majority_vote_reward_changes_adapter(tiny_model_dir, 
         report_to=[],
         seed=0,
         disable_tqdm=True,
+        reward_weights=[1.0, 0.0],  # self-certainty logged only: the vote drives training
     )
     trainer = GRPOTrainer(
-        model=str(tiny_model_dir),
-        reward_funcs=[spy],
+        model=policy,
+        reward_funcs=[spy, certainty],
         args=config,
         train_dataset=data,
-        processing_class=AutoTokenizer.from_pretrained(str(tiny_model_dir)),
+        processing_class=tokenizer,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
@@ -374,6 +385,9 @@ def test_grpo_trainer_with_majority_vote_reward_changes_adapter(tiny_model_dir, 
     logs = [h for h in trainer.state.log_history if "rewards/majority_vote/mean" in h]
     assert len(logs) == 2 and all(0.0 < h["rewards/majority_vote/mean"] <= 1.0 for h in logs)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+    # z-scored within groups: the logged mean is ~0; the reward saw the trained (LoRA) policy
+    assert all(abs(h["rewards/self_certainty/mean"]) < 1e-5 for h in logs)
+    assert certainty.raw_scores(*probe)[0] != pytest.approx(certainty_before, abs=1e-7)
 
 
 def test_rewards_property_unicode_and_long_inputs():
