@@ -131,3 +131,17 @@ def test_diagnostics_with_gold_for_evaluation():
     assert d["sample_accuracy"] == pytest.approx(3 / 8)
     assert d["gold_missing_prompts"] == 0
     assert compute_diagnostics([])["n_samples"] == 0
+
+
+def test_warns_when_online_vote_options_differ(caplog):
+    rolls = sample_rollouts()[:4]
+    mv = get_reward("majority_vote")  # min_share 0
+    with caplog.at_level("WARNING"):
+        scored = score_rollouts(rolls, "last_number", [mv], min_share=0.9)
+    assert "may disagree" in caplog.text
+    # the vote abstained (0.5 < 0.9) but the online reward still rewarded the majority
+    assert scored[0]["pseudo_label"] is None and scored[0]["reward"] == 1.0
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        score_rollouts(rolls, "last_number", [get_reward("majority_vote", min_share=0.9)], min_share=0.9)
+    assert "may disagree" not in caplog.text

@@ -9,6 +9,7 @@ split passes gold explicitly, label accuracy and reward accuracy.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from selfimprove.errors import InputError
 from selfimprove.score.extract import answers_equal, get_extractor
 from selfimprove.score.rewards import check_no_gold, completion_text, pseudo_label_reward
 from selfimprove.score.vote import majority_vote
+
+log = logging.getLogger(__name__)
 
 RewardSpec = Any  # a reward function, or (reward function, weight)
 
@@ -66,6 +69,20 @@ def score_rollouts(
     if rewards is None:
         rewards = [pseudo_label_reward(extractor=ex, math=math, name="majority_vote")]
     terms = _reward_terms(rewards)
+    ours = {"min_valid": min_valid, "min_share": min_share, "tie_break": tie_break}
+    for name, fn, _w in terms:
+        theirs = getattr(fn, "vote_options", None)
+        if isinstance(theirs, dict) and (theirs != ours or getattr(fn, "math", math) != math):
+            # an online-voting reward with other options can reward a group whose pseudo_label is None
+            log.warning(
+                "reward %r votes with %s (math=%s) but score_rollouts with %s (math=%s): its rewards may "
+                "disagree with the records' pseudo_label; pass the same options or use 'pseudo_label'",
+                name,
+                theirs,
+                getattr(fn, "math", None),
+                ours,
+                math,
+            )
     if judge_scores is not None and len(judge_scores) != len(rollouts):
         raise InputError(f"judge_scores has {len(judge_scores)} values for {len(rollouts)} rollouts")
 
