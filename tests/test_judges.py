@@ -329,3 +329,24 @@ def test_real_model_paraphrases_through_generator(hf_judge_generator):
     assert all(p is None or (isinstance(p, str) and p.strip()) for p in out)
     # a random tiny model cannot keep "12" and "30": that rewrite must be rejected
     assert out[0] is None and stats.get("numbers_changed", 0) + stats.get("empty", 0) >= 1
+
+
+def test_parsers_any_reply_shape():
+    import time
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(max_size=300))
+    def check(text):
+        s = parse_score(text)
+        assert s is None or 0 <= s <= 5
+        assert parse_verdict(text) in (None, "A", "B", "tie")
+
+    check()
+    start = time.perf_counter()
+    for reply in ["Score: " * 50_000, "9" * 300_000, "A" * 300_000, "Response " * 50_000, None, 42]:
+        parse_score(reply)
+        parse_verdict(reply)
+    assert time.perf_counter() - start < 5.0

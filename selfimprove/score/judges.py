@@ -69,10 +69,12 @@ def _fill(template: str, where: str, **fields: str) -> str:
         ) from None
 
 
+# Numbers are bounded (\d{1,6}) and must start a digit run ((?<![\d.])): linear time on digit floods.
+_NUM = r"(?<![\d.])(-?\d{1,6}(?:\.\d{1,6})?)(?![\d.]\d)"
 _SCORE_PATTERNS = [
-    re.compile(r"score\s{0,4}(?:is|of|=|:)?\s{0,4}:?\s{0,4}\**\s{0,2}(-?\d+(?:\.\d+)?)", re.IGNORECASE),
-    re.compile(r"(-?\d+(?:\.\d+)?)\s{0,4}(?:/|out of)\s{0,4}(\d+)", re.IGNORECASE),
-    re.compile(r"(?:rating|points?|total)\s{0,4}(?:is|=|:)?\s{0,4}(-?\d+(?:\.\d+)?)", re.IGNORECASE),
+    re.compile(r"score\s{0,4}(?:is|of|=|:)?\s{0,4}:?\s{0,4}\**\s{0,2}" + _NUM, re.IGNORECASE),
+    re.compile(_NUM + r"\s{0,4}(?:/|out of)\s{0,4}(\d{1,6})(?!\d)", re.IGNORECASE),
+    re.compile(r"(?:rating|points?|total)\s{0,4}(?:is|=|:)?\s{0,4}" + _NUM, re.IGNORECASE),
 ]
 
 
