@@ -124,8 +124,11 @@ def extract_boxed(text: str, *, normalize: bool = True) -> str | None:
     best = -1
     for marker in ("\\boxed", "\\fbox"):
         best = max(best, t.rfind(marker))
-    # Walk back over candidates until one has a balanced group (the last may be cut off).
-    while best >= 0:
+    # Walk back over candidates until one has a balanced group (the last may be cut off); at most
+    # 32 candidates, so a flood of unbalanced boxes costs O(32 * MAX_CHARS).
+    tries = 0
+    while best >= 0 and tries < 32:
+        tries += 1
         marker_len = len("\\boxed") if t.startswith("\\boxed", best) else len("\\fbox")
         j = best + marker_len
         while j < len(t) and t[j] == " ":
