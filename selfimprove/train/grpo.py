@@ -16,6 +16,7 @@ update per step in ``TrainResult.metrics`` (``time/*``).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import groupby
@@ -120,6 +121,9 @@ def train_grpo(
     finally:
         if owned is not None:
             owned.close()
+        if rollout is not None and rollout.adapter_dir.exists():
+            # A scratch copy for the generator; the trained adapter is out_dir itself.
+            shutil.rmtree(rollout.adapter_dir, ignore_errors=True)
     step_seconds = result.history.get("time/step_s", [])
     steps = max(len(step_seconds), 1)
     gen, score = trainer.si_seconds["generation"], trainer.si_seconds["scoring"]
