@@ -154,8 +154,10 @@ class RewardTerm(_Section):
 class JudgeConfig(_Section):
     """A judge that scores rollouts (self-rewarding: the policy judges itself)."""
 
-    kind: Literal["pointwise", "pairwise"] = Field(
-        "pointwise", description="`pointwise` (rubric score per response) or `pairwise` (A/B, both orders)."
+    kind: Literal["pointwise"] = Field(
+        "pointwise",
+        description="`pointwise`: a rubric score per response (the pairwise judge of `selfimprove.score.judges` "
+        "is not wired into the loop).",
     )
     model: str = Field(
         "policy",
