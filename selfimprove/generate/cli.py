@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--dtype", default="float32", help="weights dtype (default float32; CPU needs float32)")
     e.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
     e.add_argument("--kv-cache-gb", type=float, default=None, help="vllm on CPU: KV cache GiB (default 2)")
+    e.add_argument(
+        "--max-lora-rank", type=int, default=16, help="vllm: largest adapter rank served (default 16)"
+    )
     e.add_argument("--enforce-eager", action="store_true", help="vllm: skip torch.compile (faster start)")
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
     o = parser.add_argument_group("openai-compatible server")
@@ -92,6 +95,7 @@ def _options(args: argparse.Namespace) -> dict:
     if args.backend == "vllm":
         opts.update(
             enable_lora=bool(args.adapter),
+            max_lora_rank=args.max_lora_rank,
             max_model_len=args.max_model_len,
             kv_cache_gb=args.kv_cache_gb,
             enforce_eager=args.enforce_eager,

@@ -109,7 +109,11 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
+        if self.base is None:
+            raise BackendError("the HF generator is closed")
         encoded = [render_prompt(self.tokenizer, p, i)[1] for i, p in enumerate(prompts)]
+        if not encoded:
+            return []
         model = self._model_for(adapter)
         ctx = contextlib.nullcontext()
         if model is None:
