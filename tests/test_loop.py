@@ -274,3 +274,35 @@ def test_round_without_data(tmp_path, tiny_model_dir, on_empty):
         assert summary["stopped"] is None and state["rounds"]["2"]["skipped_training"]
         assert summary["final_adapter"] is None
         assert [m["note"] for m in summary["history"]] == ["no data: training skipped"] * 2
+
+
+@pytest.mark.slow
+def test_guard_rollback_then_stop(tmp_path, tiny_model_dir):
+    """A guard rule that always fires: round 1 rolls back to the base, round 2 exhausts the rollbacks and stops."""
+    write_letter_task(tmp_path / "task.jsonl", n=8)
+    cfg = load_config(
+        letter_config(tmp_path, tiny_model_dir),
+        [
+            "generation.n=2",
+            "evaluation.n=2",
+            "evaluation.k=[1,2]",
+            "training.max_steps=1",
+            "loop.rounds=3",
+            "loop.guard.action=rollback",
+            "loop.guard.max_rollbacks=1",
+            # Lengths cannot reach 1.5x round 0's (max_tokens caps them), so every round is flagged.
+            "loop.guard.min_length_ratio=1.5",
+        ],
+    )
+    logs: list[str] = []
+    summary = run(cfg, tmp_path / "run", progress=False, log=logs.append)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["rollbacks"] == 1 and state["rounds"]["1"]["rolled_back"]
+    assert state["rounds"]["2"]["adapter_in"] is None  # rolled back to the base model
+    assert {x["adapter"] for x in _jsonl(tmp_path / "run" / "round_02" / "rollouts.jsonl")} == {None}
+    assert summary["collapsed_rounds"] == [1, 2]
+    assert summary["stopped"] == "collapse guard stopped the loop after round 2"
+    assert not (tmp_path / "run" / "round_03").exists()
+    assert summary["best_round"] == 0 and summary["best_adapter"] is None
+    assert any("mean completion length fell" in line for line in logs)
+    assert any("rolled back to the base model" in line for line in logs)
