@@ -143,5 +143,7 @@ def test_grpo_bad_input(tiny_model_dir, tmp_path):
         train_grpo(tiny_model_dir, PROMPTS, [digit_share], tmp_path, sync_every=0)
     with pytest.raises(ConfigError, match="unknown reward"):
         train_grpo(tiny_model_dir, PROMPTS, ["no_such_reward"], tmp_path)
+    with pytest.raises(ConfigError, match=r"train.args.top_k=5 is not supported with a toolkit generator"):
+        train_grpo(tiny_model_dir, PROMPTS, [digit_share], tmp_path, generator=object(), args={"top_k": 5})
     with pytest.raises(ConfigError, match="train.generator must be"):
         train_grpo(tiny_model_dir, PROMPTS, [digit_share], tmp_path, generator="tgi")

@@ -232,6 +232,20 @@ def _rollout(generator, model, tokenizer, out_dir: Path, config, lora, sync_ever
     """(rollout_func or None, generator to close or None) for the ``generator`` argument."""
     if generator is None or generator == "hf":
         return None, None
+    # The Generator protocol's Sampling has temperature / top_p / max_tokens only: refuse the rest
+    # rather than sample from a different distribution than the one configured.
+    unsupported = {
+        "top_k": (config.top_k, (0, None)),
+        "min_p": (config.min_p, (None,)),
+        "repetition_penalty": (config.repetition_penalty, (1.0,)),
+        "generation_kwargs": (config.generation_kwargs, (None, {})),
+    }
+    for name, (value, neutral) in unsupported.items():
+        if value not in neutral:
+            raise ConfigError(
+                f"train.args.{name}={value!r} is not supported with a toolkit generator "
+                f"(Sampling has temperature, top_p, max_tokens); use generator='hf' or drop it"
+            )
     sampling = Sampling(
         n=1, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_completion_length
     )
