@@ -247,10 +247,15 @@ def run_and_save(
         history=history,
     )
     if trainer.is_world_process_zero():
-        tmp = Path(out_dir) / ".train_result.json.tmp"
-        tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-        os.replace(tmp, Path(out_dir) / "train_result.json")
+        write_result(result, out_dir)
     return result
+
+
+def write_result(result: TrainResult, out_dir: str | Path) -> None:
+    """Write ``train_result.json`` atomically (temp file + os.replace)."""
+    tmp = Path(out_dir) / ".train_result.json.tmp"
+    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    os.replace(tmp, Path(out_dir) / "train_result.json")
 
 
 def _callback_base():

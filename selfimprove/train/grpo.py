@@ -35,6 +35,7 @@ from selfimprove.train.common import (
     load_model_and_tokenizer,
     make_config,
     run_and_save,
+    write_result,
 )
 
 GRPO_DEFAULTS: dict[str, Any] = {
@@ -136,6 +137,8 @@ def train_grpo(
             "adapter_syncs": rollout.syncs if rollout is not None else 0,
         }
     )
+    if trainer.is_world_process_zero():
+        write_result(result, out_dir)
     return result
 
 
