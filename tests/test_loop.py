@@ -306,3 +306,27 @@ def test_guard_rollback_then_stop(tmp_path, tiny_model_dir):
     assert summary["best_round"] == 0 and summary["best_adapter"] is None
     assert any("mean completion length fell" in line for line in logs)
     assert any("rolled back to the base model" in line for line in logs)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_loop_on_vllm_with_adapter_hot_swap(tmp_path, tiny_model_dir, vllm_generator):
+    """The product path: the shared vLLM engine samples, the loop trains, vLLM serves the new adapter."""
+    write_letter_task(tmp_path / "task.jsonl", n=8)
+    cfg = load_config(
+        letter_config(tmp_path, tiny_model_dir),
+        ["generation.backend=vllm", "loop.rounds=1", "scoring.rewards=[{name: majority_vote}]"],
+    )
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None, generator=vllm_generator)
+    d = tmp_path / "run"
+    rollouts = _jsonl(d / "round_01" / "rollouts.jsonl")
+    assert len(rollouts) == 4 * 4 and {x["backend"] for x in rollouts} == {"vllm"}
+    ev = _jsonl(d / "round_01" / "eval" / "rollouts.jsonl")
+    adapter = str((d / "round_01" / "adapter").resolve())
+    assert {x["adapter"] for x in ev} == {adapter} and all(x["adapter_version"] for x in ev)
+    assert summary["rounds_completed"] == 1 and 0 <= summary["history"][-1]["eval/pass@1"] <= 1
+    # The engine is the caller's: still usable after the run.
+    from selfimprove.generate.base import Sampling
+
+    out = vllm_generator.generate(["hi"], Sampling(n=1, max_tokens=2, temperature=0.0))
+    assert len(out) == 1

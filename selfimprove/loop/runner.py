@@ -510,7 +510,13 @@ class _Run:
     """One run in one process: the config, the run folder, the lazily built generator."""
 
     def __init__(
-        self, config: RunConfig, run_dir: Path, state: RunState, progress: bool, log: Callable[[str], None]
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        state: RunState,
+        progress: bool,
+        log: Callable[[str], None],
+        generator: Any = None,
     ):
         self.cfg = config
         self.dir = run_dir
@@ -519,7 +525,9 @@ class _Run:
         self.log = log
         self.model_path = resolve_model(config.model.path, progress=progress)
         self.task = _load_task(config)
-        self._generator = None
+        self._generator = generator
+        # A generator handed in by the caller is the caller's to close.
+        self._owns_generator = generator is None
         self._judge_generator = None
         self._tb = None
 
@@ -540,9 +548,9 @@ class _Run:
         """Shut the engine down and flush TensorBoard."""
         for name in ("_generator", "_judge_generator"):
             gen = getattr(self, name)
-            if gen is not None:
+            if gen is not None and (name != "_generator" or self._owns_generator):
                 gen.close()
-                setattr(self, name, None)
+            setattr(self, name, None)
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -1058,8 +1066,13 @@ def run(
     command: Sequence[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    generator: Any = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the rounds of ``config`` in ``run_dir``; return the run summary."""
+    """Run (or resume) the rounds of ``config`` in ``run_dir``; return the run summary.
+
+    ``generator``: an already running engine on the same base model (e.g. a ``VLLMGenerator`` with
+    LoRA enabled) to use instead of building one; the caller keeps ownership and closes it.
+    """
     if not isinstance(config, RunConfig):
         raise ConfigError(
             f"run() takes a RunConfig (see selfimprove.loop.config.load_config), got {type(config).__name__}"
@@ -1067,7 +1080,11 @@ def run(
     out = resolve_run_dir(config, run_dir)
     logger = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     state = _prepare_run_dir(config, out, resume, force, command)
-    runner = _Run(config, out, state, progress, logger)
+    runner = _Run(config, out, state, progress, logger, generator=generator)
+    if generator is not None:
+        given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
+        if given != Path(runner.model_path).resolve():
+            raise ConfigError(f"the generator serves {given}, but model.path resolves to {runner.model_path}")
     try:
         return runner.run_loop()
     finally:
