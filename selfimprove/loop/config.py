@@ -177,6 +177,11 @@ class ParaphraseConfig(_Section):
         None, description="Rewrite prompt with `{question}`; null: the bundled `paraphrase` prompt."
     )
     n: int | None = Field(None, ge=1, description="Samples per paraphrase; null: `generation.n`.")
+    model: str | None = Field(
+        None,
+        description="Model folder that writes the paraphrases (an instruction-following model, e.g. the "
+        "converted SmolLM2); null: the policy's base model. The embedded base model cannot paraphrase.",
+    )
 
 
 class ScoringConfig(_Section):

@@ -705,7 +705,18 @@ class _Run:
         if not cache.exists():
             # Made once, by the base model, and kept: every round votes on the same rewrites.
             questions = [_prompt_text(p["prompt"]) for p in prompts]
-            rewrites = make_paraphrases(self.generator, questions, pc.template)
+            if pc.model is not None:
+                from selfimprove.generate import build_generator
+
+                writer = build_generator(self.cfg.generation.backend, pc.model)
+                try:
+                    rewrites = make_paraphrases(writer, questions, pc.template)
+                finally:
+                    writer.close()
+            else:
+                rewrites = make_paraphrases(self.generator, questions, pc.template)
+            made = sum(t is not None for t in rewrites)
+            self.log(f"co-reward: {made}/{len(questions)} paraphrases kept (prompts without one abstain)")
             write_jsonl_atomic(
                 cache,
                 [
