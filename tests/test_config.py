@@ -170,6 +170,15 @@ def test_unknown_reward_name_suggests():
     assert "scoring.rewards[0].name" in msg and "unknown reward 'majority_vot'" in msg
 
 
+def test_docs_schema_table_is_current(tmp_path):
+    """docs/loop.md's generated table matches the schema (regenerate: python -m selfimprove.loop.config)."""
+    from selfimprove.loop.config import update_docs
+
+    copy = tmp_path / "loop.md"
+    copy.write_text((REPO / "docs" / "loop.md").read_text())
+    assert not update_docs(copy), "docs/loop.md is stale: run python -m selfimprove.loop.config docs/loop.md"
+
+
 def test_every_key_documented():
     fields = list(iter_fields())
     assert len(fields) > 60

@@ -821,3 +821,23 @@ __all__ = [
     "schema_markdown",
     "validate_config",
 ]
+
+
+def update_docs(path: str | Path) -> bool:
+    """Rewrite the schema table between the ``schema:start`` / ``schema:end`` markers of a Markdown file."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    start = text.index("<!-- schema:start")
+    start = text.index("-->", start) + 3
+    end = text.index("<!-- schema:end -->")
+    new = text[:start] + "\n" + schema_markdown() + text[end:]
+    if new != text:
+        p.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    for target in sys.argv[1:] or ["docs/loop.md"]:
+        print(f"{target}: {'updated' if update_docs(target) else 'up to date'}")
