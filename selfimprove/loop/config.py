@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -779,7 +780,8 @@ def iter_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterabl
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     if text is None:
-        text = str(annotation).replace("typing.", "").replace("selfimprove.loop.config.", "")
+        # Drop module prefixes (typing., selfimprove.loop.config., __main__.) from class names.
+        text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*)", "", str(annotation))
     return text
 
 
