@@ -210,3 +210,20 @@ def test_cli_refusal_exit_code(tmp_path):
     assert main(["run", str(cfg), "loop.seed=3", "--run-dir", str(tmp_path / "r"), "--resume"]) == 2
     assert main(["run", str(cfg), "--run-dir", str(tmp_path / "r"), "--resume", "--set", "loop.seed=3"]) == 2
     assert main(["run", str(cfg), "training.lora.rnak=3"]) == 2
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    """Disk full (or any OSError) mid-write: the old file stays intact and no temp file is left."""
+    from selfimprove.loop import _io
+
+    target = tmp_path / "state.json"
+    _io.write_json_atomic(target, {"round": 1})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_io.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _io.write_json_atomic(target, {"round": 2})
+    assert json.loads(target.read_text()) == {"round": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

@@ -165,7 +165,11 @@ class JudgeConfig(_Section):
         description="`policy` (the current policy with its adapter judges itself) or a model folder path.",
     )
     weight: float = Field(1.0, description="Weight of the judge score in the total reward.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the judge.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options of the judge (`template`, `n_repeats`, `min_score`, `max_score`), plus "
+        "`max_tokens` and `temperature` of its replies.",
+    )
 
 
 class ParaphraseConfig(_Section):

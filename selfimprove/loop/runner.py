@@ -690,7 +690,22 @@ class _Run:
             if self._judge_generator is None:
                 self._judge_generator = build_generator(self.cfg.generation.backend, jc.model)
             gen, judge_adapter = self._judge_generator, None
-        judge = PointwiseJudge(gen, adapter=judge_adapter, **jc.options)
+        options = dict(jc.options)
+        # Sampling of the judge's replies from plain keys (a YAML file cannot build a Sampling).
+        sampling_keys = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
+        if sampling_keys:
+            from selfimprove.generate.base import Sampling
+
+            n = int(options.get("n_repeats", 1))
+            options["sampling"] = Sampling(
+                n=n,
+                temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
+                max_tokens=sampling_keys.get("max_tokens", 256),
+            )
+        try:
+            judge = PointwiseJudge(gen, adapter=judge_adapter, **options)
+        except TypeError as exc:
+            raise ConfigError(f"scoring.judge.options: {exc}") from None
         questions = [_prompt_text(x["prompt"]) for x in rollouts]
         return judge.score(questions, [x["completion"] for x in rollouts])
 
