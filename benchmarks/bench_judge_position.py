@@ -37,9 +37,8 @@ def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
 
 def run_mode(gen, mode: str, pairs) -> dict:
     """Judge every pair with the correct answer first (A) and, separately, second (B)."""
-    from selfimprove.score.judges import PairwiseJudge
-
     from selfimprove.generate.base import Sampling
+    from selfimprove.score.judges import PairwiseJudge
 
     # text mode: a few tokens are enough for a letter (the model rarely obeys the format anyway)
     sampling = Sampling(n=1, temperature=0.0, max_tokens=6) if mode == "text" else None
