@@ -90,11 +90,12 @@ def test_dpo_degree_and_nll_terms_match_hand_computation(tiny_model_dir, tmp_pat
 
 @pytest.mark.slow
 def test_dpo_d2o_continues_adapter(tiny_model_dir, tmp_path):
-    first = train_dpo(tiny_model_dir, PAIRS, tmp_path / "r1", loss_type="d2o", d2o_alpha=0.05, args=ARGS)
+    one_step = {**ARGS, "max_steps": 1}
+    first = train_dpo(tiny_model_dir, PAIRS, tmp_path / "r1", loss_type="d2o", d2o_alpha=0.05, args=one_step)
     assert first.loss_history[0] == pytest.approx(math.log(2), abs=1e-5)
     assert first.history["loss/d2o"][0] == pytest.approx(first.loss_history[0], rel=1e-6)
     # Round 2 continues round 1's adapter, which is also its reference: the loss starts at log 2 again.
-    second = train_dpo(tiny_model_dir, PAIRS, tmp_path / "r2", adapter_init=first.adapter_path, args=ARGS)
+    second = train_dpo(tiny_model_dir, PAIRS, tmp_path / "r2", adapter_init=first.adapter_path, args=one_step)
     assert second.loss_history[0] == pytest.approx(math.log(2), abs=1e-5)
     before, after = lora_b(first.adapter_path), lora_b(second.adapter_path)
     assert set(before) == set(after) and any(not before[k].equal(after[k]) for k in before)

@@ -59,7 +59,8 @@ def test_sft_trains_fresh_adapter(sft_round1, tiny_model_dir):
 @pytest.mark.slow
 def test_sft_continues_previous_adapter(sft_round1, tiny_model_dir, tmp_path):
     before = lora_b(sft_round1.adapter_path)
-    r2 = train_sft(tiny_model_dir, ROWS, tmp_path / "round2", adapter_init=sft_round1.adapter_path, args=ARGS)
+    args = {**ARGS, "max_steps": 1}
+    r2 = train_sft(tiny_model_dir, ROWS, tmp_path / "round2", adapter_init=sft_round1.adapter_path, args=args)
     after = lora_b(r2.adapter_path)
     assert set(after) == set(before)
     assert any(not after[k].equal(before[k]) for k in before)

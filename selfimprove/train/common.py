@@ -234,6 +234,7 @@ def run_and_save(
     if timer.step_seconds:
         metrics["time/step_s"] = sum(timer.step_seconds) / len(timer.step_seconds)
         history["time/step_s"] = list(timer.step_seconds)
+        history["time/step_cpu_s"] = list(timer.step_cpu_seconds)
     result = TrainResult(
         adapter_path=path,
         method=method,
@@ -269,12 +270,18 @@ class StepTimer(_callback_base()):
 
     def __init__(self) -> None:
         self.step_seconds: list[float] = []
+        # CPU seconds of this process (all threads) per step: less sensitive than wall time to
+        # other work sharing the machine.
+        self.step_cpu_seconds: list[float] = []
         self._start: float | None = None
+        self._cpu_start = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._start is not None:
             self.step_seconds.append(time.perf_counter() - self._start)
+            self.step_cpu_seconds.append(time.process_time() - self._cpu_start)
             self._start = None
