@@ -135,3 +135,14 @@ def test_cli_build_base(tmp_path, capsys):
     assert str(out) in printed and "pass@1" in printed
     assert read_info(out)["settings"]["task"] == "sorting"
     assert main(["build-base", "--task", "sorting", "--hidden-size", "100"]) == 2
+
+
+def test_recommended_settings_per_task_and_overrides():
+    from selfimprove.models.base_model import RECOMMENDED, recommended_settings
+
+    assert set(RECOMMENDED) >= {"arithmetic", "counting", "sorting", "string_ops"}
+    s = recommended_settings("counting")
+    assert s.task == "counting" and s.steps == RECOMMENDED["counting"]["steps"]
+    assert recommended_settings("counting", steps=3).steps == 3
+    with pytest.raises(InputError, match="unknown base-model setting"):
+        recommended_settings("counting", stepz=3)

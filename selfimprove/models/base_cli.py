@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=None, help="model folder (default: the cache folder for these settings)"
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached model exists")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the task's recommended count)"
+    )
     parser.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width (multiple of 64)")
     parser.add_argument("--layers", type=int, default=d.num_layers, help="number of layers")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
@@ -40,25 +42,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the base model and print its folder and measured accuracy."""
     from selfimprove.errors import InputError
-    from selfimprove.models.base_model import build_base_model, read_info
+    from selfimprove.models.base_model import build_base_model, read_info, recommended_settings
 
     if args.hidden_size % 64:
         raise InputError(f"--hidden-size must be a multiple of 64 (head_dim 64), got {args.hidden_size}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.level not in (1, 2, 3):
         raise InputError(f"--level must be 1, 2 or 3, got {args.level}")
-    settings = BaseModelSettings(
-        task=args.task,
-        level=args.level,
-        steps=args.steps,
-        hidden_size=args.hidden_size,
-        num_layers=args.layers,
-        num_heads=args.hidden_size // 64,
-        lr=args.lr,
-        seed=args.seed,
-        eval_prompts=args.eval_prompts,
-    )
+    overrides = {
+        "level": args.level,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.layers,
+        "num_heads": args.hidden_size // 64,
+        "lr": args.lr,
+        "seed": args.seed,
+        "eval_prompts": args.eval_prompts,
+    }
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    settings = recommended_settings(args.task, **overrides)
     if args.threads:
         import torch
 
