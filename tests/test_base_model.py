@@ -36,6 +36,7 @@ def _weights(path):
 def test_settings_digest_and_unknown_keys():
     assert TINY.digest() == BaseModelSettings(**json.loads(json.dumps(TINY.__dict__))).digest()
     assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "steps": 5}).digest()
+    assert TINY.digest() == BaseModelSettings(**{**TINY.__dict__, "eval_prompts": 9}).digest()
     with pytest.raises(InputError, match="unknown base-model setting"):
         BaseModelSettings.from_dict({"stepz": 3})
 

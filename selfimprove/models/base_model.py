@@ -34,6 +34,9 @@ INFO_FILE = "base_model.json"
 FORMAT_VERSION = 1
 
 
+_MEASURE_FIELDS = frozenset({"eval_prompts", "eval_samples", "eval_temperature", "max_new_tokens"})
+
+
 @dataclass(frozen=True)
 class BaseModelSettings:
     """Everything that determines the base model (its hash names the cache folder)."""
@@ -59,8 +62,10 @@ class BaseModelSettings:
     max_new_tokens: int = 64
 
     def digest(self) -> str:
-        """A short hash of the settings (and the procedure's version)."""
-        payload = json.dumps({"version": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        """A short hash of the settings that determine the weights (and the procedure's version)."""
+        # The measurement settings do not change the weights: a model measured differently is reused.
+        weights = {k: v for k, v in asdict(self).items() if k not in _MEASURE_FIELDS}
+        payload = json.dumps({"version": FORMAT_VERSION, **weights}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
     @classmethod
