@@ -21,30 +21,48 @@ SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|u
 CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
 
 
-def build_char_tokenizer(out_dir: str | Path | None = None):
-    """A character-level fast tokenizer with a ChatML chat template; saved to ``out_dir`` if given."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-to-unicode symbols, printable ASCII first (so those get the low ids)."""
+    # GPT-2's table: printable bytes map to themselves, the others to chr(256 + i) in order.
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    first = [b for c in CHARS for b in c.encode()]
+    rest = [b for b in range(256) if b not in set(first)]
+    return [table[b] for b in first + rest]
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARS)}
-    # BPE without merges is a character tokenizer; Fuse joins tokens back without separators.
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<|unk|>"))
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    tok.decoder = decoders.Fuse()
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+
+def build_char_tokenizer(out_dir: str | Path | None = None):
+    """A character-level (byte-level) tokenizer with a ChatML template; saved to ``out_dir`` if given.
+
+    transformers 5 loads every ``qwen2`` model's tokenizer as ``Qwen2Tokenizer`` whatever the
+    saved files say, so the tokenizer *is* a Qwen2Tokenizer: a BPE without merges over the 256
+    byte symbols. Every byte is in the vocabulary (nothing is ever dropped), ASCII text is one
+    token per character, and the tokenizer built here equals the one HF, vLLM and TRL reload.
+    """
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + _byte_symbols())}
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token="<|unk|>",
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
-        unk_token="<|unk|>",
         additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
         model_max_length=2048,
         padding_side="left",
     )
-    hf_tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = CHAT_TEMPLATE
     if out_dir is not None:
-        hf_tok.save_pretrained(str(out_dir))
-    return hf_tok
+        tok.save_pretrained(str(out_dir))
+    return tok
 
 
 def build_tiny_model(
