@@ -81,6 +81,11 @@ class TaskConfig(_Section):
         64, ge=1, description="Prompts in the evaluation split (null: all rows of a user file)."
     )
     seed: int = Field(0, description="Seed of the split generator / shuffle.")
+    resample_each_round: bool = Field(
+        False,
+        description="Draw new train prompts every round (seed + round) instead of self-training on the same "
+        "set (TTRL-style test-time training uses one fixed set). The eval split never changes.",
+    )
     prompt_field: str = Field("prompt", description="Field holding the prompt in a user JSONL file.")
     gold_field: str = Field("answer", description="Field holding the gold answer in a user JSONL file.")
     id_field: str = Field("id", description="Field holding the prompt id in a user JSONL file.")

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a config key (repeatable), e.g. --set generation.backend=hf",
     )
     parser.add_argument("--fresh", action="store_true", help="refuse to reuse an existing run folder")
+    parser.add_argument(
+        "--force", action="store_true", help="resume the run folder even though the demo config changed"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         out,
         resume=resume,
+        force=args.force,
         command=["selfimprove", "demo", *sys.argv[2:]],
         progress=not args.no_progress,
     )

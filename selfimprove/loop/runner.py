@@ -250,10 +250,17 @@ def _load_task(config: RunConfig):
     return get_task(t.name)
 
 
-def _train_prompts(config: RunConfig, task) -> list[dict[str, Any]]:
-    """The label-free split: prompt records only; the gold mapping is discarded right here."""
+def _train_seed(config: RunConfig, r: int) -> int:
+    """Seed of round ``r``'s train prompts: fixed, or new prompts every round (``task.resample_each_round``)."""
+    return config.task.seed + (r if config.task.resample_each_round else 0)
+
+
+def _train_prompts(config: RunConfig, task, r: int) -> list[dict[str, Any]]:
+    """The label-free split of round ``r``: prompt records only; the gold mapping is discarded right here."""
     t = config.task
-    prompts, _gold_unused = task.make_split("train", n=t.train_size, seed=t.seed, level=t.level)
+    prompts, _gold_unused = task.make_split(
+        "train", n=t.train_size, seed=_train_seed(config, r), level=t.level
+    )
     del _gold_unused  # the label-free path never holds gold
     if not prompts:
         raise InputError(f"task {getattr(task, 'name', '?')}: the train split is empty")
@@ -599,16 +606,18 @@ class _Run:
         p = Path(adapter)
         return str(p if p.is_absolute() else (self.dir / p).resolve())
 
-    def _train_gold(self) -> dict[str, str]:
-        """Gold of the train split: only for evaluation diagnostics and SUPERVISED baselines."""
+    def _train_gold(self, r: int) -> dict[str, str]:
+        """Gold of round ``r``'s train split: only for evaluation diagnostics and SUPERVISED baselines."""
         t = self.cfg.task
-        _prompts, gold = self.task.make_split("train", n=t.train_size, seed=t.seed, level=t.level)
+        _prompts, gold = self.task.make_split(
+            "train", n=t.train_size, seed=_train_seed(self.cfg, r), level=t.level
+        )
         return gold
 
     # -- stages -----------------------------------------------------------------------------
     def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         g = self.cfg.generation
-        prompts = _train_prompts(self.cfg, self.task)
+        prompts = _train_prompts(self.cfg, self.task, r)
         sampling = _sampling(
             self.cfg,
             n=g.n,
@@ -661,7 +670,7 @@ class _Run:
         if supervised:
             # SUPERVISED baseline only (`supervised: true` was required to get here): the gold
             # column reaches the verifier reward and nothing else.
-            gold = self._train_gold()
+            gold = self._train_gold(r)
             column = [gold.get(str(x["prompt_id"])) for x in scored]
             completions = [x["completion"] for x in scored]
             for name, fn, w in supervised:
@@ -715,7 +724,7 @@ class _Run:
         from selfimprove.score.vote import majority_vote
 
         pc = self.cfg.scoring.paraphrase
-        prompts = _train_prompts(self.cfg, self.task)
+        prompts = _train_prompts(self.cfg, self.task, r)
         cache = self.dir / "paraphrases.jsonl"
         if not cache.exists():
             # Made once, by the base model, and kept: every round votes on the same rewrites.
@@ -813,7 +822,7 @@ class _Run:
                 raise ConfigError("a gold-reading reward needs `supervised: true`")
             if reads_gold:
                 # SUPERVISED baseline: the verifier reward reads the gold column during training.
-                gold = self._train_gold()
+                gold = self._train_gold(r)
                 rows = [{**row, "answer": gold.get(str(row["prompt_id"]))} for row in rows]
                 kwargs["allow_gold_columns"] = True
             kwargs["reward_funcs"] = [fn for _n, fn, _w, _g in terms]
@@ -888,7 +897,7 @@ class _Run:
             ) / max(1, len(groups))
             # Diagnostics of the pseudo-labels against gold: evaluation only, computed after the
             # round's data was built and trained on, never fed back.
-            train_gold = self._train_gold()
+            train_gold = self._train_gold(r)
             labelled = [(recs[0].get("pseudo_label"), train_gold.get(pid)) for pid, recs in groups.items()]
             labelled = [(p, g) for p, g in labelled if g is not None and p is not None]
             if labelled:
