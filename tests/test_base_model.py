@@ -147,3 +147,16 @@ def test_recommended_settings_per_task_and_overrides():
     assert recommended_settings("counting", steps=3).steps == 3
     with pytest.raises(InputError, match="unknown base-model setting"):
         recommended_settings("counting", stepz=3)
+
+
+def test_stale_temp_folders_of_dead_builds_are_removed(tmp_path):
+    from selfimprove.models.base_model import _remove_stale_temps
+
+    target = tmp_path / "m"
+    dead = tmp_path / ".m.tmp-999999999"  # no such process
+    alive = tmp_path / f".m.tmp-{__import__('os').getpid()}"
+    other = tmp_path / ".other.tmp-999999999"
+    for d in (dead, alive, other):
+        d.mkdir()
+    _remove_stale_temps(target)
+    assert not dead.exists() and alive.exists() and other.exists()

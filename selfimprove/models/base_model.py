@@ -334,6 +334,18 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
     }
 
 
+def _remove_stale_temps(target: Path) -> None:
+    """Delete temporary build folders of ``target`` left by killed builds (their process is gone)."""
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # still running: another build in progress, leave it alone
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 def build_base_model(
     settings: BaseModelSettings | None = None,
     out: str | Path | None = None,
@@ -365,6 +377,7 @@ def build_base_model(
             f"(digest {info.get('digest')} != {s.digest()}); pass --force to replace it"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
