@@ -211,12 +211,11 @@ class HFGenerator:
                 token_logprobs.append(float(dist[tok]))
                 if k:
                     vals, idx = dist.topk(k)
-                    logprobs.append(
-                        {
-                            self.tokenizer.decode([t]): float(v)
-                            for v, t in zip(vals.tolist(), idx.tolist(), strict=True)
-                        }
-                    )
+                    step: dict[str, float] = {}
+                    for v, t in zip(vals.tolist(), idx.tolist(), strict=True):
+                        # Same-text tokens (partial UTF-8 bytes) share a key: keep the most likely.
+                        step.setdefault(self.tokenizer.decode([t]), float(v))
+                    logprobs.append(step)
                 else:
                     logprobs.append({})
         return Completion(

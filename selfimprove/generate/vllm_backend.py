@@ -189,14 +189,13 @@ class VLLMGenerator:
                     token_logprobs.append(float(chosen.logprob) if chosen is not None else float("nan"))
                     # vLLM adds the sampled token to the top-k; keep only the top-k by rank.
                     top = sorted(pos.items(), key=lambda kv: kv[1].rank or 0)[: sampling.logprobs]
-                    logprobs.append(
-                        {
-                            (lp.decoded_token if lp.decoded_token is not None else str(tid)): float(
-                                lp.logprob
-                            )
-                            for tid, lp in top
-                        }
-                    )
+                    # Tokens that decode to the same text (partial UTF-8 bytes) share a key;
+                    # the most likely one is kept.
+                    step: dict[str, float] = {}
+                    for tid, lp in top:
+                        key = lp.decoded_token if lp.decoded_token is not None else str(tid)
+                        step.setdefault(key, float(lp.logprob))
+                    logprobs.append(step)
             # vLLM reports "stop" for EOS and stop strings, "length" for max_tokens, "abort" on aborts.
             reason = c.finish_reason if c.finish_reason in ("stop", "length") else "error"
             result.append(
