@@ -54,9 +54,16 @@ def test_save_meta_reload_trainable(tiny_model_dir, make_lora_adapter, tmp_path)
     model = load_adapter_for_training(base, adapter)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    out = save_adapter(model, tmp_path / "round3", base_model=str(tiny_model_dir), method="sft", steps=7, round=3)
+    out = save_adapter(
+        model, tmp_path / "round3", base_model=str(tiny_model_dir), method="sft", steps=7, round=3
+    )
     meta = read_adapter_meta(out)
-    assert (meta["method"], meta["steps"], meta["round"], meta["base_model"]) == ("sft", 7, 3, str(tiny_model_dir))
+    assert (meta["method"], meta["steps"], meta["round"], meta["base_model"]) == (
+        "sft",
+        7,
+        3,
+        str(tiny_model_dir),
+    )
     assert meta["created"].endswith("+00:00")
     set_adapter_round(out, 4)
     assert read_adapter_meta(out)["round"] == 4
