@@ -34,6 +34,15 @@ INFO_FILE = "base_model.json"
 FORMAT_VERSION = 1
 
 
+def _builder_fingerprint() -> str:
+    """A hash of the tokenizer/model builder's source: a changed builder must not reuse old caches."""
+    import inspect
+
+    from selfimprove.models import tiny
+
+    return hashlib.sha256(inspect.getsource(tiny).encode()).hexdigest()[:12]
+
+
 _MEASURE_FIELDS = frozenset({"eval_prompts", "eval_samples", "eval_temperature", "max_new_tokens"})
 
 
@@ -65,7 +74,9 @@ class BaseModelSettings:
         """A short hash of the settings that determine the weights (and the procedure's version)."""
         # The measurement settings do not change the weights: a model measured differently is reused.
         weights = {k: v for k, v in asdict(self).items() if k not in _MEASURE_FIELDS}
-        payload = json.dumps({"version": FORMAT_VERSION, **weights}, sort_keys=True)
+        payload = json.dumps(
+            {"version": FORMAT_VERSION, "builder": _builder_fingerprint(), **weights}, sort_keys=True
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
     @classmethod
