@@ -300,11 +300,12 @@ def test_vllm_serve_matches_local_engines(vllm_server, vllm_generator, tiny_mode
     assert [[c.text for c in g] for g in remote] == [[c.text for c in g] for g in engine]
     for r, e in zip(remote[0], engine[0], strict=True):
         assert r.token_logprobs == pytest.approx(e.token_logprobs, abs=1e-4)
-        # Top-k keys of partial UTF-8 byte tokens are rendered differently by the server; the
-        # best log-prob of each step must agree.
-        assert [max(d.values()) for d in r.logprobs] == pytest.approx(
-            [max(d.values()) for d in e.logprobs], abs=1e-4
-        )
+        # Partial UTF-8 byte tokens all render as the same key, so the server's JSON top-k
+        # object collapses them; compare the steps whose top-k tokens all decode to distinct text.
+        clean = [
+            i for i, d in enumerate(e.logprobs) if len(d) == 2 and "" not in d and "\ufffd" not in "".join(d)
+        ]
+        assert [r.logprobs[i] for i in clean] == [pytest.approx(e.logprobs[i], abs=1e-4) for i in clean]
     hf.close()
     gen.close()
 
