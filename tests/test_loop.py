@@ -315,7 +315,14 @@ def test_loop_on_vllm_with_adapter_hot_swap(tmp_path, tiny_model_dir, vllm_gener
     write_letter_task(tmp_path / "task.jsonl", n=8)
     cfg = load_config(
         letter_config(tmp_path, tiny_model_dir),
-        ["generation.backend=vllm", "loop.rounds=1", "scoring.rewards=[{name: majority_vote}]"],
+        [
+            "generation.backend=vllm",
+            "loop.rounds=1",
+            "scoring.rewards=[{name: majority_vote}]",
+            # The random model spreads its samples over 256 byte tokens: match any printable ASCII
+            # character so that every group has answers and the round surely has training data.
+            "scoring.extractor_options={pattern: '([!-~])', which: first}",
+        ],
     )
     summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None, generator=vllm_generator)
     d = tmp_path / "run"
