@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from selfimprove.errors import ConfigError
+from selfimprove.registry import build_registered
 
 # Only the tail of a completion is searched: bounds the cost of every extractor on huge inputs.
 MAX_CHARS = 4096
@@ -357,15 +358,7 @@ def get_extractor(name: str | Callable[[str], str | None], **options: Any) -> Ex
         raise ConfigError(f"extractor must be a name or a callable, got {type(name).__name__}")
     if ":" in name:
         return make_callable_extractor(name, **options)
-    factory = EXTRACTORS.get(name)
-    if factory is None:
-        raise ConfigError(
-            f"unknown extractor {name!r}; allowed: {', '.join(sorted(EXTRACTORS))} or 'module:function'"
-        )
-    try:
-        return factory(**options)
-    except TypeError as exc:
-        raise ConfigError(f"extractor {name!r}: bad options {sorted(options)}: {exc}") from None
+    return build_registered("extractor", EXTRACTORS, name, user_callables=True, **options)
 
 
 def _math_equal(a: str, b: str) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 from selfimprove.errors import ConfigError, InputError
 from selfimprove.generate.base import Completion, Sampling
+from selfimprove.registry import build_registered
 
 # prompts/ at the repository root (beside the package in a source checkout / editable install).
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
@@ -439,10 +440,4 @@ JUDGES: dict[str, type] = {"pointwise": PointwiseJudge, "pairwise": PairwiseJudg
 
 def get_judge(kind: str, generator: Any, **options: Any) -> PointwiseJudge | PairwiseJudge:
     """Build a judge by kind ("pointwise" | "pairwise") on any Generator."""
-    cls = JUDGES.get(kind)
-    if cls is None:
-        raise ConfigError(f"unknown judge {kind!r}; allowed: {', '.join(sorted(JUDGES))}")
-    try:
-        return cls(generator, **options)
-    except TypeError as exc:
-        raise ConfigError(f"judge {kind!r}: bad options {sorted(options)}: {exc}") from None
+    return build_registered("judge", JUDGES, kind, generator, **options)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ConfigError, InputError, LabelLeakError
+from selfimprove.registry import build_registered
 from selfimprove.score.extract import (
     MAX_CHARS,
     answers_equal,
@@ -735,15 +736,7 @@ def get_reward(name: str, **options: Any) -> RewardFunc:
         if options:
             raise ConfigError(f"reward {name!r}: a user callable takes no options, got {sorted(options)}")
         return load_callable(name)
-    factory = REWARDS.get(name)
-    if factory is None:
-        raise ConfigError(
-            f"unknown reward {name!r}; allowed: {', '.join(sorted(REWARDS))} or 'module:function'"
-        )
-    try:
-        return factory(**options)
-    except TypeError as exc:
-        raise ConfigError(f"reward {name!r}: bad options {sorted(options)}: {exc}") from None
+    return build_registered("reward", REWARDS, name, user_callables=True, **options)
 
 
 # ---------------------------------------------------------------- Co-Reward paraphrases
