@@ -27,6 +27,11 @@ class Sampling:
     seed: int | None = None
     # Top-k log-probabilities to return for every generated token (None: none).
     logprobs: int | None = None
+    # Texts whose log-probabilities every step's ``logprobs`` dict must hold whether or not they
+    # are in the top-k (e.g. a judge's answer letters); each must be one token of the model (the
+    # others are skipped). Needs ``logprobs`` set; on vLLM (local or served) the step dict then
+    # holds these tokens and the sampled one instead of the top-k.
+    logprob_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
@@ -39,6 +44,9 @@ class Sampling:
             raise ValueError(f"sampling.max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
             raise ValueError(f"sampling.logprobs must be None or an integer >= 0, got {self.logprobs!r}")
+        object.__setattr__(self, "logprob_tokens", tuple(self.logprob_tokens))
+        if self.logprob_tokens and self.logprobs is None:
+            raise ValueError("sampling.logprob_tokens needs sampling.logprobs (an integer >= 0)")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         else:
@@ -48,6 +56,7 @@ class Sampling:
         """Plain-dict form (for manifests and rollout metadata)."""
         d = asdict(self)
         d["stop"] = list(self.stop)
+        d["logprob_tokens"] = list(self.logprob_tokens)
         return d
 
 

@@ -206,18 +206,24 @@ class HFGenerator:
         if logprob_steps is not None:
             logprobs, token_logprobs = [], []
             k = sampling.logprobs
+            # Sampling.logprob_tokens: texts that are one token each, reported at every step.
+            extra_ids = []
+            for t in sampling.logprob_tokens:
+                enc = self.tokenizer(t, add_special_tokens=False)["input_ids"]
+                if len(enc) == 1:
+                    extra_ids.append((t, enc[0]))
             for step, tok in enumerate(tokens):
                 dist = logprob_steps[row, step]
                 token_logprobs.append(float(dist[tok]))
+                entry: dict[str, float] = {}
                 if k:
                     vals, idx = dist.topk(k)
-                    step: dict[str, float] = {}
                     for v, t in zip(vals.tolist(), idx.tolist(), strict=True):
                         # Same-text tokens (partial UTF-8 bytes) share a key: keep the most likely.
-                        step.setdefault(self.tokenizer.decode([t]), float(v))
-                    logprobs.append(step)
-                else:
-                    logprobs.append({})
+                        entry.setdefault(self.tokenizer.decode([t]), float(v))
+                for text, tid in extra_ids:
+                    entry[text] = float(dist[tid])
+                logprobs.append(entry)
         return Completion(
             text=text,
             finish_reason=reason,

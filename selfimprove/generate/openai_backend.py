@@ -13,6 +13,9 @@
   logged); no key means no Authorization header (local servers need none).
 - ``adapter`` selects a served model name: a LoRA registered with
   ``vllm serve BASE --enable-lora --lora-modules NAME=PATH``. A path is mapped to its folder name.
+- ``Sampling.logprob_tokens`` (e.g. a judge's answer letters) uses vLLM's ``logprob_token_ids``
+  extension, with the ids from the server's ``/tokenize``; a server without ``/tokenize`` gets a
+  plain top-k request (counted in ``stats["logprob_tokens_unsupported"]``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class OpenAIGenerator:
         )
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "retries": 0}
+        # (text) -> token id on the server (None: not one token, or no /tokenize endpoint)
+        self._token_ids: dict[str, int | None] = {}
 
     # -- HTTP ---------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -132,7 +137,41 @@ class OpenAIGenerator:
         p = Path(adapter)
         return p.name if p.is_dir() else str(adapter)
 
-    def _request(self, prompt: Prompt, sampling: Sampling, index: int, model: str) -> Completion:
+    def _logprob_token_ids(self, texts: Sequence[str]) -> list[int]:
+        """Server token ids of the one-token ``texts`` (vLLM's ``/tokenize``, cached); [] when unsupported."""
+        import httpx
+
+        root = self.base_url[: -len("/v1")]
+        ids: list[int] = []
+        for text in texts:
+            if text not in self._token_ids:
+                tokens = None
+                try:
+                    resp = self._client.post(
+                        root + "/tokenize",
+                        json={"model": self.model, "prompt": text, "add_special_tokens": False},
+                        headers=self._headers(),
+                    )
+                    if resp.status_code == 200:
+                        tokens = resp.json().get("tokens")
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    tokens = None
+                if not isinstance(tokens, list):
+                    with self._lock:
+                        self.stats["logprob_tokens_unsupported"] = (
+                            self.stats.get("logprob_tokens_unsupported", 0) + 1
+                        )
+                    log.info("%s/tokenize unavailable: logprob_tokens fall back to the top-k", root)
+                    return []  # not cached: a later call may reach a server that has it
+                self._token_ids[text] = int(tokens[0]) if len(tokens) == 1 else None
+            tid = self._token_ids[text]
+            if tid is not None and tid not in ids:
+                ids.append(tid)
+        return ids
+
+    def _request(
+        self, prompt: Prompt, sampling: Sampling, index: int, model: str, token_ids: Sequence[int] = ()
+    ) -> Completion:
         payload: dict[str, Any] = {
             "model": model,
             "n": 1,
@@ -154,8 +193,10 @@ class OpenAIGenerator:
             payload["prompt"] = prompt
             if sampling.logprobs is not None:
                 payload["logprobs"] = sampling.logprobs
+        if token_ids:
+            payload["logprob_token_ids"] = list(token_ids)
         body = self._post("/chat/completions" if chat else "/completions", payload)
-        return _parse(body, chat, sampling)
+        return _parse(body, chat, sampling, keep_all=bool(token_ids))
 
     def generate(
         self,
@@ -171,13 +212,16 @@ class OpenAIGenerator:
         for i, p in enumerate(prompts):
             check_prompt(p, i)
         model = self._served_model(adapter)
+        token_ids = self._logprob_token_ids(sampling.logprob_tokens) if sampling.logprob_tokens else []
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
         jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
         with (
             ThreadPoolExecutor(max_workers=self.max_concurrency) as pool,
             tqdm(total=len(jobs), desc="generate (openai)", disable=not progress) as bar,
         ):
-            futures = {pool.submit(self._request, prompts[i], sampling, j, model): (i, j) for i, j in jobs}
+            futures = {
+                pool.submit(self._request, prompts[i], sampling, j, model, token_ids): (i, j) for i, j in jobs
+            }
             try:
                 for fut in futures:
                     i, j = futures[fut]
@@ -209,8 +253,8 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _parse(body: dict[str, Any], chat: bool, sampling: Sampling) -> Completion:
-    """One Completion from an OpenAI response with a single choice."""
+def _parse(body: dict[str, Any], chat: bool, sampling: Sampling, keep_all: bool = False) -> Completion:
+    """One Completion from an OpenAI response with a single choice (``keep_all``: no top-k cut)."""
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
@@ -234,7 +278,7 @@ def _parse(body: dict[str, Any], chat: bool, sampling: Sampling) -> Completion:
             logprobs = [
                 dict(
                     sorted(((k, float(v)) for k, v in (d or {}).items()), key=lambda kv: -kv[1])[
-                        : sampling.logprobs
+                        : None if keep_all else sampling.logprobs
                     ]
                 )
                 for d in lp.get("top_logprobs") or []

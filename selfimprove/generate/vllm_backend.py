@@ -154,9 +154,25 @@ class VLLMGenerator:
         return LoRARequest(f"{Path(path).name}-{digest}", lora_id, path)
 
     # -- generation -------------------------------------------------------------------------
+    def _token_ids(self, texts: Sequence[str]) -> list[int]:
+        """Ids of the texts that are one token each (``Sampling.logprob_tokens``); others skipped."""
+        ids = []
+        for t in texts:
+            enc = self.tokenizer(t, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1 and enc[0] not in ids:
+                ids.append(enc[0])
+        return ids
+
     def _sampling_params(self, sampling: Sampling):
         from vllm import SamplingParams
 
+        logprobs, extra = sampling.logprobs, {}
+        ids = self._token_ids(sampling.logprob_tokens) if sampling.logprob_tokens else []
+        if ids:
+            # vLLM's own way to read chosen tokens' log-probabilities beyond the top-k: it
+            # replaces the top-k by these tokens plus the sampled one (and wants logprobs = their count).
+            extra["logprob_token_ids"] = ids
+            logprobs = len(ids)
         return SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
@@ -164,7 +180,8 @@ class VLLMGenerator:
             max_tokens=sampling.max_tokens,
             stop=list(sampling.stop) or None,
             seed=sampling.seed,
-            logprobs=sampling.logprobs,
+            logprobs=logprobs,
+            **extra,
         )
 
     def generate(
@@ -208,7 +225,9 @@ class VLLMGenerator:
                     chosen = pos.get(tok)
                     token_logprobs.append(float(chosen.logprob) if chosen is not None else float("nan"))
                     # vLLM adds the sampled token to the top-k; keep only the top-k by rank.
-                    top = sorted(pos.items(), key=lambda kv: kv[1].rank or 0)[: sampling.logprobs]
+                    top = sorted(pos.items(), key=lambda kv: kv[1].rank or 0)
+                    if not sampling.logprob_tokens:  # else: exactly the asked tokens + the sampled one
+                        top = top[: sampling.logprobs]
                     # Tokens that decode to the same text (partial UTF-8 bytes) share a key;
                     # the most likely one is kept.
                     step: dict[str, float] = {}
