@@ -350,3 +350,82 @@ def test_parsers_any_reply_shape():
         parse_score(reply)
         parse_verdict(reply)
     assert time.perf_counter() - start < 5.0
+
+
+def test_opponent_pairs_all_and_capped():
+    from collections import Counter
+
+    from selfimprove.score.judges import opponent_pairs
+
+    assert opponent_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert opponent_pairs(1) == [] and opponent_pairs(0, 3) == []
+    assert opponent_pairs(5, 9) == opponent_pairs(5, "all")
+    for n in range(2, 12):
+        for k in range(1, n):
+            pairs = opponent_pairs(n, k, seed=f"s|{n}")
+            assert pairs == opponent_pairs(n, k, seed=f"s|{n}")  # deterministic
+            assert len(set(pairs)) == len(pairs) and all(i < j < n for i, j in pairs)
+            degree = Counter(x for p in pairs for x in p)
+            degrees = sorted(degree[i] for i in range(n))
+            # exactly k opponents each; one response meets k + 1 when k and n are both odd
+            extra = 1 if (k < n - 1 and k % 2 and n % 2) else 0
+            assert degrees == [min(k, n - 1)] * (n - extra) + [k + 1] * extra, (n, k, degrees)
+    assert opponent_pairs(8, 2, seed=1) != opponent_pairs(8, 2, seed=2)
+    for bad in (0, -1, "some", True, 1.5):
+        with pytest.raises(ConfigError, match="opponents"):
+            opponent_pairs(4, bad)
+
+
+def test_tournament_soft_win_rates_and_failures():
+    # quality = number of "good"; bias 1.0 towards the first position cancels in both orders
+    judge = PairwiseJudge(BiasedJudge(1.0), mode="logprob")
+    groups = [["good good", "good", "plain"], ["only one"], ["same", "same"]]
+    table = judge.tournament(["q1", "q2", "q3"], groups)
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    def pref(qa, qb):  # both-order P(a better)
+        return (sig(qa - qb + 1.0) + 1 - sig(qb - qa + 1.0)) / 2
+
+    assert table[0] == pytest.approx(
+        [(pref(2, 1) + pref(2, 0)) / 2, (pref(1, 2) + pref(1, 0)) / 2, (pref(0, 2) + pref(0, 1)) / 2]
+    )
+    assert table[0][0] > table[0][1] > table[0][2]
+    assert table[1] == [None]  # no opponent: no score, never a win or a loss
+    assert table[2] == pytest.approx([0.5, 0.5])
+    rep = judge.report()
+    assert rep["pairs"] == 4 and rep["calls"] == 8
+    assert rep["tournament_responses"] == 6 and rep["unscored_responses"] == 1
+    # every comparison of a response failed: None (FlakyJudge fails everything)
+    flaky = PairwiseJudge(FlakyJudge(fail_all=True), mode="text")
+    assert flaky.tournament(["q"], [["a", "b", "c"]]) == [[None, None, None]]
+    assert flaky.report()["failed_pairs"] == 3 and flaky.report()["unscored_responses"] == 3
+    # capped opponents: each of 6 responses meets 2 others -> 6 pairs, not 15
+    capped = PairwiseJudge(BiasedJudge(0.0), mode="logprob")
+    out = capped.tournament(["q"], [["good"] * 3 + ["plain"] * 3], opponents=2, seeds=[7])
+    assert capped.report()["pairs"] == 6 and all(v is not None and 0 <= v <= 1 for v in out[0])
+    with pytest.raises(InputError):
+        capped.tournament(["q"], [["a"], ["b"]])
+
+
+def test_loop_config_validates_judge_options():
+    from selfimprove.loop.config import validate_config
+
+    ok = validate_config(
+        {"scoring": {"judge": {"kind": "pairwise", "options": {"mode": "logprob", "opponents": 3}}}}
+    )
+    assert ok.scoring.judge.kind == "pairwise"
+    bad = [
+        ({"kind": "pairwise", "options": {"opponents": 0}}, "opponents must be 'all' or an integer"),
+        ({"kind": "pairwise", "options": {"mode": "vibes"}}, "mode must be 'text' or 'logprob'"),
+        ({"kind": "pairwise", "options": {"oponents": 2}}, "did you mean 'opponents'"),
+        ({"kind": "pairwise", "options": {"min_score": 1}}, "not an option of the pairwise judge"),
+        ({"kind": "pointwise", "options": {"opponents": 2}}, "not an option of the pointwise judge"),
+        ({"kind": "pairwise", "options": {"n_repeats": 0}}, "n_repeats must be an integer >= 1"),
+        ({"kind": "listwise"}, "scoring.judge.kind"),
+    ]
+    for judge, message in bad:
+        msg = str(pytest.raises(ConfigError, validate_config, {"scoring": {"judge": judge}}).value)
+        assert message in msg, msg
+        assert "scoring.judge" in msg

@@ -8,6 +8,8 @@
   local models), in ``text`` mode the reply is parsed (API models). The result is a soft
   preference in [0, 1] (1 = the first response is better, 0.5 = tie); failures are counted in
   ``stats`` and never counted as a win or a loss.
+- ``PairwiseJudge.tournament``: each response of a prompt group scored by its mean soft win
+  probability against the group's other responses (all of them, or ``opponents`` seeded ones).
 - ``aggregate_judgements``: soft averages over repetitions and over several judges.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -238,6 +241,10 @@ class PairwiseJudgement:
     n_failed: int
 
 
+# The verdict letters whose probabilities logprob mode compares (C = tie).
+LETTERS = ("A", "B", "C")
+
+
 def _letter_probs(logprobs: dict[str, float]) -> dict[str, float]:
     """Probabilities of A, B, C from a top-k {token: logprob} dict (token variants summed)."""
     out = {"A": 0.0, "B": 0.0, "C": 0.0}
@@ -279,8 +286,16 @@ class PairwiseJudge:
         self.n_repeats = n_repeats
         if sampling is None:
             if mode == "logprob":
-                # the letter is the first generated token; greedy, its top-k distribution is read
-                sampling = Sampling(n=n_repeats, temperature=0.0, max_tokens=1, logprobs=top_logprobs)
+                # the letter is the first generated token; greedy, its top-k distribution is read,
+                # and the letters themselves are asked for (a weak model may rank them below the
+                # top-k; backends that cannot honour it still return the top-k)
+                sampling = Sampling(
+                    n=n_repeats,
+                    temperature=0.0,
+                    max_tokens=1,
+                    logprobs=top_logprobs,
+                    logprob_tokens=LETTERS,
+                )
             else:
                 sampling = Sampling(n=n_repeats, temperature=0.0 if n_repeats == 1 else 0.7, max_tokens=64)
         if mode == "logprob" and not sampling.logprobs:
@@ -385,6 +400,56 @@ class PairwiseJudge:
         """P(A better) per pair (None when every call failed)."""
         return [j.preference for j in self.compare(questions, responses_a, responses_b)]
 
+    def tournament(
+        self,
+        questions: Sequence[str],
+        groups: Sequence[Sequence[str]],
+        *,
+        opponents: int | str = "all",
+        seeds: Sequence[Any] | None = None,
+    ) -> list[list[float | None]]:
+        """Score every response of each group against the group's other responses.
+
+        ``groups[g]`` are the responses to ``questions[g]``. Pairs come from
+        :func:`opponent_pairs` (seeded per group by ``seeds[g]``, default the group index) and are
+        judged in one batch, each in both orders. A response's score is its mean soft win
+        probability over its comparisons that did not fail (a failed pair counts neither as a
+        win nor as a loss); a response with no valid comparison (a group of one, or every
+        judgement failed) gets None and is counted in ``stats["unscored_responses"]``.
+        """
+        if len(questions) != len(groups):
+            raise InputError(f"pairwise tournament: {len(questions)} questions but {len(groups)} groups")
+        if seeds is not None and len(seeds) != len(groups):
+            raise InputError(f"pairwise tournament: {len(seeds)} seeds but {len(groups)} groups")
+        qs: list[str] = []
+        first: list[str] = []
+        second: list[str] = []
+        index: list[tuple[int, int, int]] = []
+        for g, (q, responses) in enumerate(zip(questions, groups, strict=True)):
+            seed = g if seeds is None else seeds[g]
+            for i, j in opponent_pairs(len(responses), opponents, seed=seed):
+                qs.append(q)
+                first.append(responses[i])
+                second.append(responses[j])
+                index.append((g, i, j))
+        prefs = self.preferences(qs, first, second) if qs else []
+        wins = [[0.0] * len(r) for r in groups]
+        counts = [[0] * len(r) for r in groups]
+        for (g, i, j), p in zip(index, prefs, strict=True):
+            if p is None:
+                continue
+            wins[g][i] += p
+            wins[g][j] += 1.0 - p
+            counts[g][i] += 1
+            counts[g][j] += 1
+        out = [
+            [w / c if c else None for w, c in zip(ws, cs, strict=True)]
+            for ws, cs in zip(wins, counts, strict=True)
+        ]
+        self.stats["tournament_responses"] += sum(len(r) for r in groups)
+        self.stats["unscored_responses"] += sum(v is None for row in out for v in row)
+        return out
+
     def report(self) -> dict[str, float]:
         """Counts plus position consistency, parse-failure rate and first-position win rate."""
         s = self.stats
@@ -398,6 +463,42 @@ class PairwiseJudge:
             "failure_rate": (s["calls"] - parsed) / s["calls"] if s["calls"] else 0.0,
             "first_position_preference": self._first_pos_sum / parsed if parsed else float("nan"),
         }
+
+
+def opponent_pairs(n: int, opponents: int | str = "all", *, seed: Any = 0) -> list[tuple[int, int]]:
+    """Unordered pairs ``(i, j)``, ``i < j``, of ``n`` responses to compare with each other.
+
+    ``opponents="all"`` (or any N >= n - 1): every pair. An integer N caps the comparisons: the
+    responses are shuffled (``random.Random(seed)``, deterministic) and each meets the N
+    neighbours of a circulant schedule (offsets 1..N//2 both ways, plus the opposite response
+    when N is odd), so every response meets exactly N opponents, except that when N and n are
+    both odd one response meets N + 1.
+    """
+    if isinstance(opponents, bool) or not (
+        opponents == "all" or (isinstance(opponents, int) and opponents >= 1)
+    ):
+        raise ConfigError(f"pairwise judge opponents must be 'all' or an integer >= 1, got {opponents!r}")
+    if n < 2:
+        return []
+    if opponents == "all" or opponents >= n - 1:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    order = list(range(n))
+    random.Random(seed if isinstance(seed, (int, str)) else str(seed)).shuffle(order)
+    pairs: set[tuple[int, int]] = set()
+
+    def add(a: int, b: int) -> None:
+        pairs.add((min(a, b), max(a, b)))
+
+    for d in range(1, opponents // 2 + 1):
+        for i in range(n):
+            add(order[i], order[(i + d) % n])
+    if opponents % 2:
+        half = n // 2
+        for i in range(half):
+            add(order[i], order[i + half])
+        if n % 2:  # the response left without a partner meets the middle one
+            add(order[n - 1], order[half])
+    return sorted(pairs)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
