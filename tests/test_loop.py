@@ -339,6 +339,56 @@ def test_loop_on_vllm_with_adapter_hot_swap(tmp_path, tiny_model_dir, vllm_gener
     assert len(out) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_loop_pairwise_judge_dpo_on_vllm(tmp_path, tiny_model_dir, vllm_generator):
+    """kind: pairwise on the shared vLLM engine: the policy judges pairs of its own rollouts, DPO trains."""
+    write_letter_task(tmp_path / "task.jsonl", n=8)
+    cfg = load_config(
+        letter_config(tmp_path, tiny_model_dir),
+        [
+            "generation.backend=vllm",
+            "loop.rounds=1",
+            "evaluation.n=2",
+            "evaluation.k=[1,2]",
+            "evaluation.base=false",
+            "scoring.rewards=[{name: majority_vote, weight: 0.0}]",
+            "scoring.extractor_options={pattern: '([!-~])', which: first}",
+            "scoring.judge={kind: pairwise, options: {mode: logprob, opponents: 2}}",
+            "data.dpo={strategy: best_vs_worst, score_key: judge_score, drop_truncated: false}",
+            "training.method=dpo",
+            "training.max_steps=1",
+        ],
+    )
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None, generator=vllm_generator)
+    d = tmp_path / "run" / "round_01"
+    scored = _jsonl(d / "scores.jsonl")
+    assert len(scored) == 4 * 4
+    for x in scored:
+        js = x["judge_score"]
+        assert js is None or 0.0 <= js <= 1.0
+        assert x["rewards"]["judge"] == js
+        assert x["reward"] == (None if js is None else pytest.approx(js))  # majority_vote weighs 0
+    # 2 opponents per rollout: 4 pairs per prompt of 4, each judged in both orders
+    report = json.loads((d / "judge_report.json").read_text())
+    assert report["kind"] == "pairwise" and report["pairs"] == 4 * 4 and report["calls"] == 4 * 4 * 2
+    # the letters' probabilities are read on vLLM: every call parses, every rollout is scored
+    assert report["logprob"] == report["calls"] and report["failure_rate"] == 0.0
+    assert all(x["judge_score"] is not None for x in scored) and report["scored_rate"] == 1.0
+    m = summary["history"][-1]
+    assert m["judge/failure_rate"] == report["failure_rate"]
+    assert m["judge/position_consistency"] == report["position_consistency"]
+    assert 0 <= m["judge/first_position_preference"] <= 1
+    # mean soft win rate within a prompt is exactly 1/2 (every comparison gives p and 1 - p)
+    by_prompt: dict[str, list[float]] = {}
+    for x in scored:
+        by_prompt.setdefault(x["prompt_id"], []).append(x["judge_score"])
+    for values in by_prompt.values():
+        assert sum(values) / len(values) == pytest.approx(0.5)
+    assert json.loads((d / "build_stats.json").read_text())["kept"] > 0  # DPO pairs were built
+    assert summary["rounds_completed"] == 1
+
+
 @pytest.mark.parametrize("resample", [False, True])
 def test_train_prompts_per_round(resample):
     """A fixed self-training set, or fresh prompts every round; never a gold field, eval split untouched."""

@@ -157,13 +157,32 @@ class RewardTerm(_Section):
     )
 
 
+# Options of the loop's judges beyond the judge constructors' own keywords.
+_JUDGE_SAMPLING_OPTIONS = ("max_tokens", "temperature")
+_JUDGE_LOOP_OPTIONS = {"pointwise": (), "pairwise": ("opponents",)}
+# Constructor keywords the loop sets itself.
+_JUDGE_RESERVED = ("generator", "adapter", "sampling", "progress")
+
+
+def _judge_option_names(kind: str) -> list[str]:
+    """Option names a loop judge of ``kind`` accepts (constructor keywords plus loop options)."""
+    try:
+        from selfimprove.score.judges import JUDGES
+    except ImportError:  # judges module missing: the runner will complain when it builds one
+        return []
+    params = inspect.signature(JUDGES[kind].__init__).parameters
+    names = [n for n in params if n != "self" and n not in _JUDGE_RESERVED]
+    return [*names, *_JUDGE_SAMPLING_OPTIONS, *_JUDGE_LOOP_OPTIONS[kind]]
+
+
 class JudgeConfig(_Section):
     """A judge that scores rollouts (self-rewarding: the policy judges itself)."""
 
-    kind: Literal["pointwise"] = Field(
+    kind: Literal["pointwise", "pairwise"] = Field(
         "pointwise",
-        description="`pointwise`: a rubric score per response (the pairwise judge of `selfimprove.score.judges` "
-        "is not wired into the loop).",
+        description="`pointwise`: a rubric score per response (`judge_score` on the rubric's scale). "
+        "`pairwise`: each response is compared, in both orders, with other responses to the same prompt; "
+        "`judge_score` = its mean soft win probability in [0, 1] (null when no comparison succeeded).",
     )
     model: str = Field(
         "policy",
@@ -172,9 +191,44 @@ class JudgeConfig(_Section):
     weight: float = Field(1.0, description="Weight of the judge score in the total reward.")
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Keyword options of the judge (`template`, `n_repeats`, `min_score`, `max_score`), plus "
-        "`max_tokens` and `temperature` of its replies.",
+        description="Keyword options of the judge, plus `max_tokens` and `temperature` of its replies. "
+        "pointwise: `template`, `n_repeats`, `min_score`, `max_score`. pairwise: `mode` (`text` or "
+        "`logprob`), `requirements`, `template`, `n_repeats`, `top_logprobs`, and `opponents` (`all`, or "
+        "N: comparisons per response, drawn with the loop seed).",
     )
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: Any) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind is None:  # kind itself was invalid: that error is reported
+            return v
+        allowed = _judge_option_names(kind)
+        for name in v:
+            if allowed and name not in allowed:
+                raise ValueError(
+                    f"{name!r} is not an option of the {kind} judge{_suggest(name, allowed)}; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+
+        def integer(name: str, low: int) -> None:
+            x = v.get(name)
+            if name in v and (isinstance(x, bool) or not isinstance(x, int) or x < low):
+                raise ValueError(f"{name} must be an integer >= {low}, got {x!r}")
+
+        integer("n_repeats", 1)
+        integer("max_tokens", 1)
+        integer("top_logprobs", 1)
+        t = v.get("temperature")
+        if "temperature" in v and (isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0):
+            raise ValueError(f"temperature must be a number >= 0, got {t!r}")
+        if kind == "pairwise":
+            if v.get("mode", "text") not in ("text", "logprob"):
+                raise ValueError(f"mode must be 'text' or 'logprob', got {v['mode']!r}")
+            opp = v.get("opponents", "all")
+            if isinstance(opp, bool) or not (opp == "all" or (isinstance(opp, int) and opp >= 1)):
+                raise ValueError(f"opponents must be 'all' or an integer >= 1, got {opp!r}")
+        return v
 
 
 class ParaphraseConfig(_Section):

@@ -650,7 +650,11 @@ class _Run:
                 }
                 for x in rollouts
             ]
-        judge_scores = self._judge(rollouts, adapter) if self.cfg.scoring.judge is not None else None
+        judge_scores = None
+        if self.cfg.scoring.judge is not None:
+            judge_scores, judge_report = self._judge(rollouts, adapter, r)
+            # Read back by compute_metrics (judge/failure_rate, judge/position_consistency, ...).
+            write_json_atomic(rdir / "judge_report.json", judge_report)
         ex_name, ex_options = _extractor_spec(self.cfg, self.task)
         scored = score_rollouts(
             rollouts,
@@ -683,16 +687,21 @@ class _Run:
         write_jsonl_atomic(rdir / "scores.jsonl", scored)
         return {"scored": len(scored)}
 
-    def _judge(self, rollouts: Sequence[Mapping[str, Any]], adapter: str | None) -> list[float | None]:
-        """Self-rewarding: the judge (by default the policy with its current adapter) scores every rollout."""
+    def _judge(
+        self, rollouts: Sequence[Mapping[str, Any]], adapter: str | None, r: int = 0
+    ) -> tuple[list[float | None], dict[str, Any]]:
+        """Self-rewarding: the judge (by default the policy with its current adapter) scores every rollout.
+
+        ``pointwise``: a rubric score per rollout. ``pairwise``: per prompt, each rollout's mean
+        soft win probability against the prompt's other rollouts (both orders judged, failures
+        left out; None without a valid comparison). Returns the scores in rollout order and the
+        judge's report (counts, failure rate, position consistency) with NaN as None.
+        """
         from selfimprove.generate import build_generator
-        from selfimprove.score.judges import PointwiseJudge
+        from selfimprove.generate.base import Sampling
+        from selfimprove.score.judges import LETTERS, PairwiseJudge, PointwiseJudge
 
         jc = self.cfg.scoring.judge
-        if jc.kind != "pointwise":
-            raise ConfigError(
-                "scoring.judge.kind: only 'pointwise' judging of rollouts is wired into the loop"
-            )
         if jc.model == "policy":
             gen, judge_adapter = self.generator, self._abs(adapter)
         else:
@@ -700,23 +709,59 @@ class _Run:
                 self._judge_generator = build_generator(self.cfg.generation.backend, jc.model)
             gen, judge_adapter = self._judge_generator, None
         options = dict(jc.options)
+        opponents = options.pop("opponents", "all")
         # Sampling of the judge's replies from plain keys (a YAML file cannot build a Sampling).
         sampling_keys = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
-        if sampling_keys:
-            from selfimprove.generate.base import Sampling
-
-            n = int(options.get("n_repeats", 1))
+        n = int(options.get("n_repeats", 1))
+        if jc.kind == "pairwise":
+            logprob = options.get("mode", "text") == "logprob"
+            # Always built here: seeded (reproducible sampled judgements) and with top-k
+            # log-probabilities in logprob mode.
+            options["sampling"] = Sampling(
+                n=n,
+                temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
+                max_tokens=sampling_keys.get("max_tokens", 1 if logprob else 64),
+                logprobs=int(options.get("top_logprobs", 20)) if logprob else None,
+                logprob_tokens=LETTERS if logprob else (),
+                seed=self.cfg.loop.seed * 1000 + r,
+            )
+        elif sampling_keys:
             options["sampling"] = Sampling(
                 n=n,
                 temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
                 max_tokens=sampling_keys.get("max_tokens", 256),
             )
+        cls = PairwiseJudge if jc.kind == "pairwise" else PointwiseJudge
         try:
-            judge = PointwiseJudge(gen, adapter=judge_adapter, **options)
+            judge = cls(gen, adapter=judge_adapter, progress=self.progress, **options)
         except TypeError as exc:
             raise ConfigError(f"scoring.judge.options: {exc}") from None
-        questions = [_prompt_text(x["prompt"]) for x in rollouts]
-        return judge.score(questions, [x["completion"] for x in rollouts])
+        if jc.kind == "pointwise":
+            questions = [_prompt_text(x["prompt"]) for x in rollouts]
+            scores = judge.score(questions, [x["completion"] for x in rollouts])
+        else:
+            # Groups of one prompt's rollouts (in sample order); scores mapped back to rollout order.
+            groups: dict[str, list[int]] = {}
+            for k, x in enumerate(rollouts):
+                groups.setdefault(str(x["prompt_id"]), []).append(k)
+            for idx in groups.values():
+                idx.sort(key=lambda k: rollouts[k].get("sample_index", 0))
+            pids = list(groups)
+            table = judge.tournament(
+                [_prompt_text(rollouts[groups[p][0]]["prompt"]) for p in pids],
+                [[rollouts[k]["completion"] for k in groups[p]] for p in pids],
+                opponents=opponents,
+                seeds=[f"{self.cfg.loop.seed}|{r}|{p}" for p in pids],
+            )
+            scores = [None] * len(rollouts)
+            for p, row in zip(pids, table, strict=True):
+                for k, v in zip(groups[p], row, strict=True):
+                    scores[k] = v
+        report: dict[str, Any] = {"kind": jc.kind}
+        for key, value in judge.report().items():
+            report[key] = None if isinstance(value, float) and math.isnan(value) else value
+        report["scored_rate"] = sum(v is not None for v in scores) / len(scores) if scores else 0.0
+        return scores, report
 
     def _paraphrase_labels(self, r: int, rdir: Path, adapter: str | None) -> dict[str, str | None]:
         """Co-Reward: the policy's voted answer on a paraphrase of each train question."""
@@ -914,6 +959,12 @@ class _Run:
                     pairs.append((x["reward"] > 0) == bool(self.task.check(x.get("extracted"), g)))
             if pairs:
                 m["train/reward_accuracy"] = sum(pairs) / len(pairs)
+        judge_path = rdir / "judge_report.json"
+        if judge_path.exists():
+            # The judge's own counts: parse-failure rate, position consistency (pairwise), ...
+            for key, value in read_json(judge_path).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    m[f"judge/{key}"] = value
         if "rows" in rs:
             m["data/rows"] = rs["rows"]
         for key, name in (
