@@ -216,6 +216,7 @@ def test_expected_recipes_shipped():
         "sc_dpo.yaml",
         "self_rewarding_dpo.yaml",
         "gt_grpo_baseline.yaml",
+        "pairwise_judge_dpo.yaml",
     }
     if not names:
         pytest.skip("no configs yet")
