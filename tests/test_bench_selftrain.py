@@ -1,0 +1,122 @@
+"""The arithmetic and Markdown of benchmarks/bench_selftrain.py (pure Python, no runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_selftrain.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_selftrain", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_selftrain"] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("bench_selftrain", None)
+
+
+def _rec(seed, arm, rnd, p1, best=None, **more):
+    m = {"round": rnd, "eval/pass@1": p1, "time/generate": 2.0, "time/evaluate": 1.5, **more}
+    return {
+        "task": "counting",
+        "seed": seed,
+        "arm": arm,
+        "round": rnd,
+        "finished": True,
+        "best_round": best,
+        "stopped": None,
+        "metrics": m,
+    }
+
+
+def _records():
+    # labelfree: s0 0.20 -> 0.26 -> 0.24 (best round 1); s1 0.30 -> 0.32 -> 0.36 (best 2)
+    # gold:      s0 0.20 -> 0.25 -> 0.30;               s1 0.30 -> 0.34 -> 0.38
+    out = []
+    for seed, vals, best in ((0, (0.20, 0.26, 0.24), 1), (1, (0.30, 0.32, 0.36), 2)):
+        out += [_rec(seed, "labelfree", r, v, best) for r, v in enumerate(vals)]
+    for seed, vals in ((0, (0.20, 0.25, 0.30)), (1, (0.30, 0.34, 0.38))):
+        out += [_rec(seed, "gold", r, v, 0) for r, v in enumerate(vals)]
+    return out
+
+
+def test_mean_sd_and_format(bench):
+    assert bench.mean_sd([]) == (None, None, 0)
+    assert bench.mean_sd([0.5, None]) == (0.5, None, 1)
+    mean, sd, n = bench.mean_sd([0.1, 0.3])
+    assert mean == pytest.approx(0.2) and sd == pytest.approx(0.1414213562) and n == 2
+    assert bench.fmt_stat([0.1, 0.3]) == "20.0 ± 14.1"
+    assert bench.fmt_stat([0.25]) == "25.0"
+    assert bench.fmt_stat([None]) == "-"
+    assert bench.fmt_stat([12, 14], scale=1, digits=0) == "13 ± 1"
+    assert bench.fmt_stat([0.5], of=3) == "50.0 (n=1)"
+
+
+def test_gains_last_and_best(bench):
+    g = bench.gains(_records(), "counting")
+    lf, gold = g["labelfree"], g["gold"]
+    assert lf[0]["gain_last"] == pytest.approx(0.04) and lf[0]["gain_best"] == pytest.approx(0.06)
+    assert lf[1]["gain_last"] == pytest.approx(0.06) and lf[1]["gain_best"] == pytest.approx(0.06)
+    assert gold[0]["gain_last"] == pytest.approx(0.10) and gold[1]["gain_last"] == pytest.approx(0.08)
+    assert lf[0]["last_round"] == 2 and lf[0]["best_round"] == 1
+
+
+def test_recovery(bench):
+    ratio, per = bench.recovery({0: 0.04, 1: 0.06}, {0: 0.10, 1: 0.08})
+    assert ratio == pytest.approx(0.05 / 0.09)
+    assert per[0] == pytest.approx(0.4) and per[1] == pytest.approx(0.75)
+    ratio, per = bench.recovery({0: 0.04, 1: 0.02}, {0: 0.0, 1: -0.02})
+    assert ratio is None and per == {0: None, 1: None}
+    assert bench.recovery({0: None}, {0: 0.1}) == (None, {})
+
+
+def test_round_seconds(bench):
+    assert bench.round_seconds({"time/generate": 2.0, "time/train": 3.5, "eval/pass@1": 0.5}) == 5.5
+    assert bench.round_seconds({"eval/pass@1": 0.5}) is None
+
+
+def test_markdown_section_numbers(bench):
+    lines = bench.task_section(_records(), "counting", kmax=8, n_seeds=2, gold_rule="rule")
+    text = "\n".join(lines)
+    # round 1 of labelfree: pass@1 mean of 0.26, 0.32 = 29.0 ± 4.2
+    assert "| labelfree | 1 | 29.0 ± 4.2 |" in text
+    assert "| gold (SUPERVISED) | 2 | 34.0 ± 5.7 |" in text
+    assert "+5.0 ± 1.4 points" in text  # labelfree after the last round: 4 and 6 points
+    assert "recovers **56%**" in text  # 5 / 9
+    assert "s0: 40%, s1: 75%" in text
+    assert "recovers **67%**" in text  # best rounds: 6 and 6 -> 6 / 9
+    assert "differs between the arms" not in text
+
+
+def test_gold_overrides_per_method(bench):
+    from selfimprove.loop.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "demo.yaml")
+    extra, _what = bench.gold_overrides(cfg)
+    assert "supervised=true" in extra and "data.sft.select=verifier" in extra
+    assert f"data.sft.verifier_key={bench.GOLD_REWARD_KEY}" in extra
+    gold = load_config(root / "configs" / "demo.yaml", extra)
+    assert gold.supervised and [t.name for t in gold.scoring.rewards] == ["gold_verifier"]
+    assert gold.data.sft["min_majority_ratio"] == 0.0
+    # everything else (eval split, sampling, training budget) is the label-free config's
+    for section in ("task", "generation", "training", "evaluation", "loop", "model"):
+        assert getattr(gold, section) == getattr(cfg, section)
+
+
+def test_run_status(bench, tmp_path):
+    assert bench.run_status(tmp_path, "abc") == "new"
+    (tmp_path / "state.json").write_text(json.dumps({"fingerprint": "abc", "finished": False}))
+    assert bench.run_status(tmp_path, "abc") == "resume"
+    assert bench.run_status(tmp_path, "xyz") == "mismatch"
+    (tmp_path / "state.json").write_text(json.dumps({"fingerprint": "abc", "finished": True}))
+    assert bench.run_status(tmp_path, "abc") == "resume"  # no summary.json yet
+    (tmp_path / "summary.json").write_text("{}")
+    assert bench.run_status(tmp_path, "abc") == "done"
