@@ -227,3 +227,15 @@ def test_error_lines_point_at_the_key(tmp_path):
     text = "name: x\n\n# comment\nloop:\n  seed: 1\n  guard:\n    action: explode\n"
     msg = str(pytest.raises(ConfigError, load_config, _write(tmp_path, text)).value)
     assert re.search(r"cfg\.yaml:7: loop\.guard\.action", msg), msg
+
+
+def test_recipes_ship_inside_the_package():
+    """`selfimprove demo` finds its recipe through the package, so a wheel install has it too."""
+    import selfimprove
+    from selfimprove.loop.demo_cli import DEMO_CONFIG
+
+    pkg = Path(selfimprove.__file__).resolve().parent
+    assert DEMO_CONFIG == pkg / "configs" / "demo.yaml"
+    assert DEMO_CONFIG.is_file()
+    shipped = {p.name for p in (pkg / "configs").glob("*.yaml")}
+    assert {p.name for p in CONFIGS} <= shipped

@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-# The demo config ships with the package sources (configs/ at the repository root).
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+# The recipes ship inside the package (selfimprove/configs links to configs/ at the repository root).
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
