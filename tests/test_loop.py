@@ -218,7 +218,7 @@ def test_no_gold_reaches_training(finished_run):
 @pytest.mark.slow
 def test_summary_and_round_table(finished_run):
     s = finished_run["summary"]
-    assert s["rounds_completed"] == 2 and s["stopped"] is None
+    assert s["completed"] is True and s["rounds_completed"] == 2 and s["stopped"] is None
     hist = s["history"]
     scores = {m["round"]: m["eval/majority_ratio"] for m in hist}
     assert s["best_round"] in scores and s["best_round_score"] == max(scores.values())

@@ -860,6 +860,8 @@ class _Run:
         else:
             from selfimprove.train.grpo import train_grpo as trainer
         kwargs, args = _split_trainer_options(trainer, _train_args(self.cfg))
+        if not self.progress:
+            args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
         if method == "grpo":
             terms = _build_rewards(self.cfg, self.task)
             reads_gold = any(gold for *_x, gold in terms)
@@ -1126,6 +1128,7 @@ class _Run:
         self.state.data["finished"] = True
         self.state.save()
         summary = {
+            "completed": True,  # written only when the loop has ended (all rounds, or stopped)
             "name": self.cfg.name,
             "supervised": self.cfg.supervised,
             "rounds_completed": max((h["round"] for h in hist), default=0),
