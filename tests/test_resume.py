@@ -166,6 +166,16 @@ def test_kill_mid_round_and_resume(tmp_path, tiny_model_dir):
     assert summary["rounds_completed"] == 1
     assert not any("starting the hf generator" in m or ": generate" in m for m in logs), logs
 
+    # 5. A finished run is extended by raising loop.rounds (not a changed config): round 2 runs,
+    #    round 1 is left as it was.
+    adapter1 = (run_dir / "round_01" / "adapter" / "adapter_model.safetensors").read_bytes()
+    summary = run(load_config(cfg, ["loop.rounds=2"]), run_dir, resume=True, progress=False, log=logs.append)
+    assert summary["completed"] and summary["rounds_completed"] == 2
+    assert [json.loads(x)["round"] for x in _lines(run_dir / "metrics.jsonl")] == [0, 1, 2]
+    assert (run_dir / "round_01" / "adapter" / "adapter_model.safetensors").read_bytes() == adapter1
+    assert (run_dir / "round_00" / "eval" / "rollouts.jsonl").read_bytes() == eval0
+    assert _state(run_dir)["rounds"]["2"]["done"][-1] == "metrics"
+
 
 def test_existing_run_refused_and_changed_config(tmp_path):
     """Resume checks happen before any model is loaded (a missing model proves we got past them)."""

@@ -435,10 +435,15 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
-        """A digest of the settings that change results (output location excluded)."""
+        """A digest of the settings that change results (output location excluded).
+
+        ``loop.rounds`` is left out too: it changes how many rounds run, not what any round
+        computes, so ``--resume loop.rounds=N`` extends (or ends) a run without ``--force``.
+        """
         d = self.to_dict()
         d.pop("output", None)
         d.pop("description", None)
+        d.get("loop", {}).pop("rounds", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
