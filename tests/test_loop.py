@@ -225,7 +225,9 @@ def test_summary_and_round_table(finished_run):
     assert s["final_adapter"].endswith("round_02/adapter")
     table = round_table(hist, [1, 4])
     lines = table.splitlines()
-    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 4
+    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 5
+    base = hist[0]["eval/constant_baseline"]
+    assert 0 < base <= 1 and f"scores {base:.3f}" in lines[-1]
     assert any("round 2: train" in line for line in finished_run["logs"])
 
 

@@ -108,5 +108,15 @@ def test_evaluate_answers_all_metrics():
     assert m["pass@4"] == pytest.approx(1.0)
     assert m["answer_rate"] == pytest.approx(7 / 8)
     assert m["n_prompts"] == 2
+    assert m["constant_baseline"] == pytest.approx(0.5)  # "1" or "3": each is right on one prompt of two
     with pytest.raises(ValueError, match="no gold"):
         evaluate_answers({"zz": ["1"]}, gold, lambda p, g: p == g, ks=(1,))
+
+
+def test_constant_baseline_is_the_most_common_gold_share():
+    """A model that always says "2" scores exactly the constant baseline, whatever it samples."""
+    gold = {f"p{i}": g for i, g in enumerate(["2", "2", "2", "1", "0", "2", "3", "1"])}
+    answers = {pid: ["2"] * 4 for pid in gold}
+    m = evaluate_answers(answers, gold, lambda p, g: p == g, ks=(4,))
+    assert m["constant_baseline"] == pytest.approx(4 / 8)
+    assert m["pass@1"] == pytest.approx(m["constant_baseline"])

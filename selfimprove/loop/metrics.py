@@ -111,6 +111,9 @@ def evaluate_answers(
         out[f"pass@{k}"] = pass_at_k(correct, k)
     n_samples = sum(len(r) for r in rows)
     out["answer_rate"] = sum(a is not None for r in rows for a in r) / n_samples
+    # What a model that ignores the question reaches by always giving the split's most common gold
+    # answer: a pass@1 near it means nothing was learned, whatever the trend (evaluation only).
+    out["constant_baseline"] = Counter(golds).most_common(1)[0][1] / len(golds) if golds else 0.0
     out["n_prompts"] = float(len(rows))
     out["n_samples"] = float(n_samples)
     return out

@@ -53,6 +53,7 @@ def _plot(
     collapsed: Sequence[int],
     unit_range: bool = False,
     percent: bool = False,
+    hline: tuple[float, str] | None = None,
 ) -> bool:
     import matplotlib
 
@@ -84,6 +85,9 @@ def _plot(
         plt.close(fig)
         return False
     rounds = sorted({int(m["round"]) for m in history})
+    if hline is not None:
+        y = 100 * hline[0] if percent else hline[0]
+        ax.axhline(y, color="grey", linestyle=":", linewidth=1.5, label=hline[1])
     for r in collapsed:
         ax.axvspan(r - 0.4, r + 0.4, color="red", alpha=0.12, lw=0)
     if best is not None:
@@ -180,6 +184,12 @@ def _headline(history: Sequence[Mapping[str, Any]], ks: Sequence[int], best: int
             key = f"eval/maj@{k}"
             if key in base and key in last:
                 out.append(f"maj@{k}: {100 * base[key]:.1f}% -> {100 * last[key]:.1f}%.")
+        const = base.get("eval/constant_baseline")
+        if isinstance(const, float):
+            out.append(
+                f"Always giving the eval split's most common answer would score {100 * const:.1f}%: "
+                "pass@1 near that line means the model is not reading the question."
+            )
     if best is not None:
         chosen = next((m for m in history if m["round"] == best), None)
         if chosen and "eval/pass@1" in chosen:
@@ -214,6 +224,7 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
         acc_lines += [(f"eval/maj@{kmax}", f"maj@{kmax}"), (f"eval/pass@{kmax}", f"pass@{kmax}")]
     acc_lines.append(("train/label_accuracy", "pseudo-label accuracy (train split)"))
     common = {"best": best, "collapsed": collapsed}
+    const = history[0].get("eval/constant_baseline")
     if _plot(
         plots_dir / ACCURACY_PLOT,
         history,
@@ -222,6 +233,7 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
         "% correct",
         unit_range=True,
         percent=True,
+        hline=(const, "constant answer (most common gold)") if isinstance(const, float) else None,
         **common,
     ):
         plots.append((ACCURACY_PLOT, "Accuracy on the evaluation split (gold used only for this)"))

@@ -505,6 +505,12 @@ def round_table(history: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> str:
             else:
                 cells.append(_fmt(v, w))
         lines.append("  ".join(cells).rstrip())
+    base = next((m.get("eval/constant_baseline") for m in history if "eval/constant_baseline" in m), None)
+    if isinstance(base, float):
+        lines.append(
+            f"(always giving the eval split's most common answer scores {_fmt(base, 0).strip()}: "
+            "pass@1 near it means the model ignores the question)"
+        )
     return "\n".join(lines)
 
 
