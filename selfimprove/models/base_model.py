@@ -50,8 +50,8 @@ _MEASURE_FIELDS = frozenset({"eval_prompts", "eval_samples", "eval_temperature",
 class BaseModelSettings:
     """Everything that determines the base model (its hash names the cache folder)."""
 
-    # counting: the family a 0.5M-parameter model reaches partial competence on within minutes
-    # (benchmarks/results/selftrain.md); arithmetic needs far more steps at this size.
+    # counting: the default; at this budget its model answers at the chance level (pass@1 = the
+    # prior-sampling rate), the other families at 0% (benchmarks/results/base_model_search.md).
     task: str = "counting"
     level: int = 1
     hidden_size: int = 128
