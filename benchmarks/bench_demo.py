@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import psutil
+from bench_selftrain import machine_info  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,14 +125,7 @@ def main() -> int:
         f"| {100 * r.get('eval/pass@8', float('nan')):.1f} |"
         for r in hist
     )
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = machine_info()["cpu"]
     md = [
         "# Demo wall-clock and peak memory",
         "",

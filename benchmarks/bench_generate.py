@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_selftrain import machine_info  # benchmarks/ is on sys.path when run as a script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -203,14 +204,7 @@ def main() -> None:
 
 def write_report(args, params: dict, res: dict, wall: float) -> None:
     """Markdown with the command, machine, and medians/ratios of the measured tokens/s."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = machine_info()["cpu"]
     rows = []
     for key, label in (("small", "small"), ("mid", "~50M")):
         if f"{key}_vllm" not in res or f"{key}_hf" not in res:
