@@ -15,6 +15,20 @@ from selfimprove.generate.base import Prompt
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
+def single_token_ids(tokenizer: Any, texts: Sequence[str]) -> dict[str, int]:
+    """``{text: token id}`` for the texts that are exactly one token (``Sampling.logprob_tokens``).
+
+    Texts that tokenize to several tokens (or none) are skipped: a per-step log-probability only
+    exists for a single token.
+    """
+    out: dict[str, int] = {}
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            out[text] = ids[0]
+    return out
+
+
 def check_prompt(prompt: Any, index: int) -> None:
     """Raise InputError unless ``prompt`` is a string or a list of {role, content} messages."""
     if isinstance(prompt, str):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import BackendError
-from selfimprove.generate._common import adapter_fingerprint, render_prompt, trim_at_stop
+from selfimprove.generate._common import adapter_fingerprint, render_prompt, single_token_ids, trim_at_stop
 from selfimprove.generate.base import Completion, Prompt, Sampling
 from selfimprove.models.loading import resolve_model_dir
 
@@ -169,17 +169,27 @@ class HFGenerator:
         logprob_steps = None
         if sampling.logprobs is not None:
             logprob_steps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [rows, steps, V]
+        # Sampling.logprob_tokens: texts that are one token each, reported at every step.
+        extra_ids = (
+            single_token_ids(self.tokenizer, sampling.logprob_tokens) if logprob_steps is not None else {}
+        )
         groups: list[list[Completion]] = []
         for i, ids in enumerate(chunk):
             group = []
             for j in range(sampling.n):
                 row = i * sampling.n + j
-                group.append(self._completion(new[row], len(ids), sampling, logprob_steps, row))
+                group.append(self._completion(new[row], len(ids), sampling, logprob_steps, row, extra_ids))
             groups.append(group)
         return groups
 
     def _completion(
-        self, gen: list[int], n_prompt: int, sampling: Sampling, logprob_steps: Any, row: int
+        self,
+        gen: list[int],
+        n_prompt: int,
+        sampling: Sampling,
+        logprob_steps: Any,
+        row: int,
+        extra_ids: dict[str, int] | None = None,
     ) -> Completion:
         # Generated tokens run to the first EOS (kept, as vLLM counts it); later positions are padding.
         ended_eos = False
@@ -206,12 +216,6 @@ class HFGenerator:
         if logprob_steps is not None:
             logprobs, token_logprobs = [], []
             k = sampling.logprobs
-            # Sampling.logprob_tokens: texts that are one token each, reported at every step.
-            extra_ids = []
-            for t in sampling.logprob_tokens:
-                enc = self.tokenizer(t, add_special_tokens=False)["input_ids"]
-                if len(enc) == 1:
-                    extra_ids.append((t, enc[0]))
             for step, tok in enumerate(tokens):
                 dist = logprob_steps[row, step]
                 token_logprobs.append(float(dist[tok]))
@@ -221,7 +225,7 @@ class HFGenerator:
                     for v, t in zip(vals.tolist(), idx.tolist(), strict=True):
                         # Same-text tokens (partial UTF-8 bytes) share a key: keep the most likely.
                         entry.setdefault(self.tokenizer.decode([t]), float(v))
-                for text, tid in extra_ids:
+                for text, tid in (extra_ids or {}).items():
                     entry[text] = float(dist[tid])
                 logprobs.append(entry)
         return Completion(

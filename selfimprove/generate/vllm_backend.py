@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import BackendError, InputError
-from selfimprove.generate._common import adapter_fingerprint, adapter_rank, render_prompt
+from selfimprove.generate._common import adapter_fingerprint, adapter_rank, render_prompt, single_token_ids
 from selfimprove.generate.base import Completion, Prompt, Sampling
 from selfimprove.models.loading import resolve_model_dir
 
@@ -154,20 +154,12 @@ class VLLMGenerator:
         return LoRARequest(f"{Path(path).name}-{digest}", lora_id, path)
 
     # -- generation -------------------------------------------------------------------------
-    def _token_ids(self, texts: Sequence[str]) -> list[int]:
-        """Ids of the texts that are one token each (``Sampling.logprob_tokens``); others skipped."""
-        ids = []
-        for t in texts:
-            enc = self.tokenizer(t, add_special_tokens=False)["input_ids"]
-            if len(enc) == 1 and enc[0] not in ids:
-                ids.append(enc[0])
-        return ids
-
     def _sampling_params(self, sampling: Sampling):
         from vllm import SamplingParams
 
         logprobs, extra = sampling.logprobs, {}
-        ids = self._token_ids(sampling.logprob_tokens) if sampling.logprob_tokens else []
+        # Distinct ids, in the order asked (two texts may share a token).
+        ids = list(dict.fromkeys(single_token_ids(self.tokenizer, sampling.logprob_tokens).values()))
         if ids:
             # vLLM's own way to read chosen tokens' log-probabilities beyond the top-k: it
             # replaces the top-k by these tokens plus the sampled one (and wants logprobs = their count).
