@@ -225,9 +225,12 @@ class JudgeConfig(_Section):
         if kind == "pairwise":
             if v.get("mode", "text") not in ("text", "logprob"):
                 raise ValueError(f"mode must be 'text' or 'logprob', got {v['mode']!r}")
-            opp = v.get("opponents", "all")
-            if isinstance(opp, bool) or not (opp == "all" or (isinstance(opp, int) and opp >= 1)):
-                raise ValueError(f"opponents must be 'all' or an integer >= 1, got {opp!r}")
+            from selfimprove.score.judges import check_opponents
+
+            try:
+                check_opponents(v.get("opponents", "all"))
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
 

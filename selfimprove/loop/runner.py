@@ -705,7 +705,7 @@ class _Run:
         """
         from selfimprove.generate import build_generator
         from selfimprove.generate.base import Sampling
-        from selfimprove.score.judges import LETTERS, PairwiseJudge, PointwiseJudge
+        from selfimprove.score.judges import PairwiseJudge, PointwiseJudge, pairwise_sampling
 
         jc = self.cfg.scoring.judge
         if jc.model == "policy":
@@ -720,16 +720,14 @@ class _Run:
         sampling_keys = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
         n = int(options.get("n_repeats", 1))
         if jc.kind == "pairwise":
-            logprob = options.get("mode", "text") == "logprob"
-            # Always built here: seeded (reproducible sampled judgements) and with top-k
-            # log-probabilities in logprob mode.
-            options["sampling"] = Sampling(
-                n=n,
+            # Always built here: seeded (reproducible sampled judgements); the judge's own
+            # sampling otherwise (letters and top-k log-probabilities in logprob mode).
+            options["sampling"] = pairwise_sampling(
+                n_repeats=n,
                 temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
-                max_tokens=sampling_keys.get("max_tokens", 1 if logprob else 64),
-                logprobs=int(options.get("top_logprobs", 20)) if logprob else None,
-                logprob_tokens=LETTERS if logprob else (),
+                max_tokens=sampling_keys.get("max_tokens"),
                 seed=self.cfg.loop.seed * 1000 + r,
+                **{k: options[k] for k in ("mode", "top_logprobs") if k in options},
             )
         elif sampling_keys:
             options["sampling"] = Sampling(

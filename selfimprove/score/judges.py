@@ -245,6 +245,43 @@ class PairwiseJudgement:
 LETTERS = ("A", "B", "C")
 
 
+def pairwise_sampling(
+    mode: str = "text",
+    n_repeats: int = 1,
+    top_logprobs: int = 20,
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+) -> Sampling:
+    """The replies a pairwise judge asks for (its default, and the loop's seeded variant).
+
+    ``logprob``: the verdict letter is the first generated token; greedy unless ``temperature``
+    says otherwise; its top-k distribution is read, and the letters themselves are asked for (a
+    weak model may rank them below the top-k; backends that cannot honour it still return the
+    top-k). ``text``: a short verdict, greedy for one repeat, at temperature 0.7 for several.
+    """
+    logprob = mode == "logprob"
+    if temperature is None:
+        temperature = 0.0 if logprob or n_repeats == 1 else 0.7
+    return Sampling(
+        n=n_repeats,
+        temperature=temperature,
+        max_tokens=max_tokens if max_tokens is not None else (1 if logprob else 64),
+        logprobs=top_logprobs if logprob else None,
+        logprob_tokens=LETTERS if logprob else (),
+        seed=seed,
+    )
+
+
+def check_opponents(opponents: Any) -> None:
+    """Raise ConfigError unless ``opponents`` is ``"all"`` or an integer >= 1."""
+    if isinstance(opponents, bool) or not (
+        opponents == "all" or (isinstance(opponents, int) and opponents >= 1)
+    ):
+        raise ConfigError(f"pairwise judge opponents must be 'all' or an integer >= 1, got {opponents!r}")
+
+
 def _letter_probs(logprobs: dict[str, float]) -> dict[str, float]:
     """Probabilities of A, B, C from a top-k {token: logprob} dict (token variants summed)."""
     out = {"A": 0.0, "B": 0.0, "C": 0.0}
@@ -285,19 +322,7 @@ class PairwiseJudge:
         self.mode = mode
         self.n_repeats = n_repeats
         if sampling is None:
-            if mode == "logprob":
-                # the letter is the first generated token; greedy, its top-k distribution is read,
-                # and the letters themselves are asked for (a weak model may rank them below the
-                # top-k; backends that cannot honour it still return the top-k)
-                sampling = Sampling(
-                    n=n_repeats,
-                    temperature=0.0,
-                    max_tokens=1,
-                    logprobs=top_logprobs,
-                    logprob_tokens=LETTERS,
-                )
-            else:
-                sampling = Sampling(n=n_repeats, temperature=0.0 if n_repeats == 1 else 0.7, max_tokens=64)
+            sampling = pairwise_sampling(mode, n_repeats, top_logprobs)
         if mode == "logprob" and not sampling.logprobs:
             raise ConfigError("pairwise judge mode 'logprob' needs sampling.logprobs >= 1")
         self.sampling = sampling
@@ -474,10 +499,7 @@ def opponent_pairs(n: int, opponents: int | str = "all", *, seed: Any = 0) -> li
     when N is odd), so every response meets exactly N opponents, except that when N and n are
     both odd one response meets N + 1.
     """
-    if isinstance(opponents, bool) or not (
-        opponents == "all" or (isinstance(opponents, int) and opponents >= 1)
-    ):
-        raise ConfigError(f"pairwise judge opponents must be 'all' or an integer >= 1, got {opponents!r}")
+    check_opponents(opponents)
     if n < 2:
         return []
     if opponents == "all" or opponents >= n - 1:
