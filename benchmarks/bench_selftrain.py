@@ -347,19 +347,13 @@ def task_section(
     for arm, per in (("labelfree", lf), ("gold (SUPERVISED)", gd)):
         if not per:
             continue
-        vals = [per[s]["gain_last"] for s in sorted(per)]
-        mean, sd, _n = mean_sd(vals)
-        spread = f" ± {sd * 100:.1f}" if sd is not None else ""
-        head = f"{mean * 100:+.1f}{spread}" if mean is not None else "-"
+        head = _gain_head([per[s]["gain_last"] for s in sorted(per)])
         lasts = ", ".join(
             f"s{s}: {_pct(per[s]['gain_last'], True)} (round {per[s]['last_round']})" for s in sorted(per)
         )
         lines.append(f"- {arm}: pass@1 gain after the last round: {head} points (per seed: {lasts})")
     if lf:
-        vals = [lf[s]["gain_best"] for s in sorted(lf)]
-        mean, sd, _n = mean_sd(vals)
-        spread = f" ± {sd * 100:.1f}" if sd is not None else ""
-        head = f"{mean * 100:+.1f}{spread}" if mean is not None else "-"
+        head = _gain_head([lf[s]["gain_best"] for s in sorted(lf)])
         per = ", ".join(
             f"s{s}: {_pct(lf[s]['gain_best'], True)} (round {lf[s]['best_round']})" for s in sorted(lf)
         )
@@ -396,6 +390,13 @@ def task_section(
         lines.append(f"- {arm} seed {seed}: run not finished (partial results)")
     lines.append("")
     return lines
+
+
+def _gain_head(vals: Sequence[float | None]) -> str:
+    """Mean ± sd of per-seed pass@1 gains in signed points ("-" when there is none)."""
+    mean, sd, _n = mean_sd(vals)
+    spread = f" ± {sd * 100:.1f}" if sd is not None else ""
+    return f"{mean * 100:+.1f}{spread}" if mean is not None else "-"
 
 
 def machine_info() -> dict[str, Any]:
