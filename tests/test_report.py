@@ -28,6 +28,7 @@ def _fake_run(d: Path, supervised: bool = False) -> None:
             "eval/distinct_answers": 3.0 - r,
             "eval/mean_length": length,
             "eval/no_answer_rate": 0.1,
+            "eval/constant_baseline": 0.25,
         }
         if r:
             m.update({"train/label_accuracy": 0.5 + 0.1 * r, "data/rows": 40 - r, "train/loss": 1.0 / r})
@@ -67,6 +68,7 @@ def test_report_files_and_content(tmp_path):
     assert "30.0% (base model) to 44.0% after round 2 (+14.0 points)" in md
     assert "maj@8: 45.0% -> 52.0%" in md
     assert "label-free pick is round 1" in md
+    assert "most common answer would score 25.0%" in md
     # The round table: one header, one separator, three rounds; best and collapse marked.
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| round | pass@1 | maj@8 | pass@8 | majority ratio")
