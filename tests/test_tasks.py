@@ -118,6 +118,63 @@ def test_arithmetic_worked_solution_is_correct_arithmetic():
             assert eval(lhs) == int(rhs)  # noqa: S307 - digits and one operator, generated above
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_slipped_demonstrations_keep_the_problems_and_slip_at_the_rate(name):
+    task = get_task(name)
+    clean = task.make_demonstrations(400, seed=0, level=1)
+    slipped = task.make_demonstrations(400, seed=0, level=1, slip_rate=0.5)
+    # The same problems in the same order: the slip rate draws from a stream of its own.
+    assert [d["prompt"] for d in slipped] == [d["prompt"] for d in clean]
+    _, gold = task.make_split("base", 400, seed=0, level=1)
+    changed = [(c, s) for c, s in zip(clean, slipped, strict=True) if c["completion"] != s["completion"]]
+    # Every changed row ends in a wrong answer, and about half the rows changed.
+    for c, s in changed:
+        assert task.extract(s["completion"]) is not None
+        assert task.extract(s["completion"]) != task.extract(c["completion"])
+    assert 0.4 < len(changed) / 400 < 0.6
+    assert task.make_demonstrations(400, seed=0, level=1, slip_rate=0.0) == clean
+    with pytest.raises(InputError, match="slip_rate"):
+        task.make_demonstrations(4, slip_rate=1.0)
+
+
+def test_arithmetic_slips_are_one_wrong_step_carried_on():
+    import random
+
+    from selfimprove.tasks.synthetic import make_arithmetic
+
+    p = make_arithmetic(random.Random(3), 2)
+    assert p.slips and p.solution not in p.slips
+    for slip in p.slips:
+        steps = slip.split(". The answer")[0].split(". ")
+        wrong = [
+            st for st in steps if eval(st.rstrip(".").split("=")[0]) != int(st.rstrip(".").split("=")[1])
+        ]  # noqa: S307
+        assert len(wrong) == 1  # one step is off (by 1 or 10); the later steps are right from there
+        assert slip.endswith(f"The answer is {steps[-1].rstrip('.').split('=')[1]}.")
+
+
+def test_instruction_option_changes_only_the_prompt_text():
+    from selfimprove.tasks.synthetic import INSTRUCTION
+
+    with_it, gold = get_task("sorting").make_split("eval", 5, seed=0)
+    without, gold2 = get_task("sorting", instruction=False).make_split("eval", 5, seed=0)
+    assert gold == gold2 and [p["prompt_id"] for p in with_it] == [p["prompt_id"] for p in without]
+    for a, b in zip(with_it, without, strict=True):
+        assert a["prompt"][0]["content"] == f"{b['prompt'][0]['content']} {INSTRUCTION}"
+        assert INSTRUCTION not in b["prompt"][0]["content"]
+    with pytest.raises(InputError, match="only the option 'instruction'"):
+        get_task("sorting", extractor="boxed")
+    with pytest.raises(InputError, match="instruction must be true or false"):
+        get_task("sorting", instruction="yes")
+
+
+def test_demonstrations_stop_at_the_size_of_the_base_split():
+    # Arithmetic level 1 has about 8.2k base problems: asking for more gives all of them, no repeats.
+    demos = get_task("arithmetic").make_demonstrations(20000, seed=0, level=1)
+    texts = [d["prompt"][0]["content"] for d in demos]
+    assert 7000 < len(demos) < 9000 and len(set(texts)) == len(texts)
+
+
 @pytest.mark.parametrize(
     ("pred", "gold", "equal"),
     [

@@ -6,6 +6,7 @@ a ``.jsonl`` file (keyword options go to :func:`jsonl_task`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,22 @@ TASKS: dict[str, SyntheticTask] = {t.name: t for t in (ARITHMETIC, COUNTING, SOR
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """A bundled task by name, or a user task from a ``.jsonl`` path (options go to ``jsonl_task``)."""
+    """A bundled task by name, or a user task from a ``.jsonl`` path (options go to ``jsonl_task``).
+
+    A bundled task takes one option, ``instruction`` (default True): whether its prompts end with
+    the answer-format instruction "End with 'The answer is X.'".
+    """
     if name in TASKS:
-        if options:
-            raise InputError(f"task {name!r} is bundled and takes no options (got {sorted(options)})")
-        return TASKS[name]
+        unknown = sorted(set(options) - {"instruction"})
+        if unknown:
+            raise InputError(
+                f"task {name!r} is bundled and takes only the option 'instruction' (got {unknown})"
+            )
+        if "instruction" in options and not isinstance(options["instruction"], bool):
+            raise InputError(
+                f"task {name!r}: instruction must be true or false, got {options['instruction']!r}"
+            )
+        return dataclasses.replace(TASKS[name], **options) if options else TASKS[name]
     if name.endswith(".jsonl") or Path(name).expanduser().is_file():
         return jsonl_task(name, **options)
     raise InputError(
