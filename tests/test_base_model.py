@@ -37,8 +37,48 @@ def test_settings_digest_and_unknown_keys():
     assert TINY.digest() == BaseModelSettings(**json.loads(json.dumps(TINY.__dict__))).digest()
     assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "steps": 5}).digest()
     assert TINY.digest() == BaseModelSettings(**{**TINY.__dict__, "eval_prompts": 9}).digest()
+    assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "slip_rate": 0.5}).digest()
     with pytest.raises(InputError, match="unknown base-model setting"):
         BaseModelSettings.from_dict({"stepz": 3})
+
+
+def test_late_demonstrations_replace_the_rows_from_their_step_on():
+    """The slipped corpus is what the model sees from ``late_from`` on (same prompts, row by row)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from selfimprove.models.base_model import train_on_demonstrations
+    from selfimprove.models.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer(template="compact")
+    assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False) == "q\n"
+    prompt = [{"role": "user", "content": "Say it."}]
+    clean, late = [{"prompt": prompt, "completion": "A"}], [{"prompt": prompt, "completion": "B"}]
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=64,
+    )  # fmt: skip
+
+    def p_of(model, letter):
+        ids = tok(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False))["input_ids"]
+        with torch.no_grad():
+            probs = model(torch.tensor([ids])).logits[0, -1].softmax(-1)
+        return probs[tok.convert_tokens_to_ids(letter)].item()
+
+    for late_from, winner in ((30, "A"), (0, "B")):
+        model = Qwen2ForCausalLM(cfg)
+        train_on_demonstrations(
+            model, tok, clean, steps=30, batch_size=1, lr=1e-2, progress=False,
+            late_demos=late, late_from=late_from,
+        )  # fmt: skip
+        loser = "B" if winner == "A" else "A"
+        assert p_of(model, winner) > 0.5 > p_of(model, loser)
+    with pytest.raises(ValueError, match="late_demos has 2 rows"):
+        train_on_demonstrations(
+            Qwen2ForCausalLM(cfg), tok, clean, steps=1, batch_size=1, lr=1e-3, progress=False,
+            late_demos=late * 2,
+        )  # fmt: skip
 
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):

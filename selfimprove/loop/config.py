@@ -74,6 +74,12 @@ class TaskConfig(_Section):
         "train or eval split by a hash of the prompt, or by a `split` field.",
     )
     level: int = Field(1, ge=1, description="Difficulty level of a bundled task.")
+    instruction: bool | None = Field(
+        None,
+        description="End every bundled prompt with the answer-format instruction \"End with 'The answer is "
+        "X.'\". null: yes for a model folder (real models need it), no for `builtin:` models (the "
+        "embedded base model is trained without it).",
+    )
     train_size: int | None = Field(
         64, ge=1, description="Prompts in the label-free self-training split (null: all rows of a user file)."
     )

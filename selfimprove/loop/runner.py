@@ -247,7 +247,8 @@ def _load_task(config: RunConfig):
         if t.extractor_options:
             options["extractor_options"] = dict(t.extractor_options)
         return get_task(t.file, **options)
-    return get_task(t.name)
+    instruction = t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
+    return get_task(t.name, instruction=instruction)
 
 
 def _train_seed(config: RunConfig, r: int) -> int:

@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="training steps (default: the task's recommended count)"
     )
+    parser.add_argument(
+        "--slip-rate",
+        type=float,
+        default=None,
+        help="share of pre-training solutions that show a plausible slip (default: the task's recommended rate)",
+    )
     parser.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width (multiple of 64)")
     parser.add_argument("--layers", type=int, default=d.num_layers, help="number of layers")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
@@ -50,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.level not in (1, 2, 3):
         raise InputError(f"--level must be 1, 2 or 3, got {args.level}")
+    if args.slip_rate is not None and not 0.0 <= args.slip_rate < 1.0:
+        raise InputError(f"--slip-rate must be in [0, 1), got {args.slip_rate}")
     overrides = {
         "level": args.level,
         "hidden_size": args.hidden_size,
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.slip_rate is not None:
+        overrides["slip_rate"] = args.slip_rate
     settings = recommended_settings(args.task, **overrides)
     if args.threads:
         import torch

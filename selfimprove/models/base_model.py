@@ -3,9 +3,12 @@
 The label-free loop needs a starting model that is partially competent: right often enough that a
 majority vote over its samples is informative, wrong often enough that there is room to improve.
 No pretrained model fits on this machine without a hub, so the toolkit builds one: a Qwen2 with
-head_dim 64 (vLLM's CPU kernels accept it) and a character tokenizer, trained with supervised
-next-token loss on worked solutions from the task's "base" split only (disjoint from the "train"
-and "eval" splits). Everything is seeded; the result is cached under
+head_dim 64 (vLLM's CPU kernels accept it), a character tokenizer and a compact chat template,
+trained with supervised next-token loss on worked solutions from the task's "base" split only
+(disjoint from the "train" and "eval" splits). A set share of those solutions carries a plausible
+slip (``slip_rate``), so the model learns the task but, sampled, makes mistakes about that often:
+its most likely answer is mostly right while single samples often are not, which is the regime
+label-free self-training can improve. Everything is seeded; the result is cached under
 ``$SELFIMPROVE_CACHE`` (default ``~/.cache/selfimprove``) in ``base-<task>-<settings hash>/`` and
 written atomically (temporary folder, then rename), with ``base_model.json`` recording the settings
 and the measured sampled pass@1 / maj@k / pass@k on held-out eval prompts.
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 INFO_FILE = "base_model.json"
 # Bumped when the training procedure changes, so stale caches are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _builder_fingerprint() -> str:
@@ -50,10 +53,15 @@ _MEASURE_FIELDS = frozenset({"eval_prompts", "eval_samples", "eval_temperature",
 class BaseModelSettings:
     """Everything that determines the base model (its hash names the cache folder)."""
 
-    # counting: the default; at this budget its model answers at the chance level (pass@1 = the
-    # prior-sampling rate), the other families at 0% (benchmarks/results/base_model_search.md).
-    task: str = "counting"
+    # Measured per family in benchmarks/results/base_model_search.md; RECOMMENDED holds the
+    # demo's steps and slip rates.
+    task: str = "arithmetic"
     level: int = 1
+    # Share of the pre-training solutions that show a slipped solution instead of the right one,
+    # from the step at fraction ``slip_from`` of training on (before it every solution is right:
+    # the task is learnt faster from clean data, the slip rate after that).
+    slip_rate: float = 0.0
+    slip_from: float = 0.5
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -151,16 +159,24 @@ def train_on_demonstrations(
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    late_demos: list[dict[str, Any]] | None = None,
+    late_from: int = 0,
 ) -> list[float]:
     """Plain supervised next-token training on ``{"prompt", "completion"}`` rows; returns the losses.
 
-    A bare torch loop (no Trainer) because at this size the Trainer's per-step overhead is larger
-    than the model's compute.
+    From step ``late_from`` on, row ``i`` of ``late_demos`` replaces row ``i`` of ``demos`` (same
+    prompts, other completions: the slipped corpus). A bare torch loop (no Trainer) because at this
+    size the Trainer's per-step overhead is larger than the model's compute.
     """
     import torch
     from tqdm.auto import tqdm
 
     encoded = _encode_examples(tok, demos)
+    late = None
+    if late_demos is not None:
+        if len(late_demos) != len(demos):
+            raise ValueError(f"late_demos has {len(late_demos)} rows, demos {len(demos)}")
+        late = _encode_examples(tok, late_demos)
     rng = random.Random(seed)
     order: list[int] = []
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
@@ -181,7 +197,8 @@ def train_on_demonstrations(
             rng.shuffle(more)
             order.extend(more)
         idx, order = order[:batch_size], order[batch_size:]
-        batch = _batch([encoded[i] for i in idx], tok.pad_token_id)
+        rows = late if late is not None and step >= late_from else encoded
+        batch = _batch([rows[i] for i in idx], tok.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(**batch).loss
@@ -286,7 +303,8 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
     from selfimprove.models.tiny import build_tiny_model
     from selfimprove.tasks import get_task
 
-    task = get_task(s.task)
+    # The embedded model sees the bundled prompts without the answer-format instruction.
+    task = get_task(s.task, instruction=False)
     t0 = time.time()
     torch.manual_seed(s.seed)
     build_tiny_model(
@@ -296,11 +314,18 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
         num_heads=s.num_heads,
         max_position_embeddings=512,
         seed=s.seed,
+        chat_template="compact",
     )
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     # Never more examples than the steps can use: encoding them costs time.
-    demos = task.make_demonstrations(min(s.n_examples, s.steps * s.batch_size), seed=s.seed, level=s.level)
+    n = min(s.n_examples, s.steps * s.batch_size)
+    demos = task.make_demonstrations(n, seed=s.seed, level=s.level)
+    slipped = (
+        task.make_demonstrations(n, seed=s.seed, level=s.level, slip_rate=s.slip_rate)
+        if s.slip_rate
+        else None
+    )
     losses = train_on_demonstrations(
         model,
         tok,
@@ -312,6 +337,8 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
         weight_decay=s.weight_decay,
         seed=s.seed,
         progress=progress,
+        late_demos=slipped,
+        late_from=int(s.slip_from * s.steps),
     )
     train_seconds = time.time() - t0
     model.save_pretrained(str(folder), safe_serialization=True)
@@ -406,14 +433,14 @@ def build_base_model(
     return target
 
 
-# Per-task settings of the demo base model (measured in benchmarks/results/selftrain.md).
-# Measured on counting level 1: 400 steps give sampled pass@1 ~26%, pass@8 ~83% (T=1.0). At the
-# same budget arithmetic reached 3% and string_ops 0%: they get more steps, still unproven.
+# Per-task settings of the demo base model (measured in benchmarks/results/base_model_search.md).
+# sorting: 4000 steps, the last quarter on the slipped corpus. The others are not yet partially
+# competent at any budget tried; their entries are the budgets last measured.
 RECOMMENDED: dict[str, dict[str, Any]] = {
     "counting": {"steps": 400},
-    "arithmetic": {"steps": 1500},
-    "sorting": {"steps": 1000},
-    "string_ops": {"steps": 1500},
+    "arithmetic": {"steps": 3000, "slip_rate": 0.5, "slip_from": 0.75},
+    "sorting": {"steps": 4000, "slip_rate": 0.5, "slip_from": 0.75},
+    "string_ops": {"steps": 3000, "slip_rate": 0.5, "slip_from": 0.75},
 }
 
 
