@@ -68,10 +68,12 @@ def test_late_demonstrations_replace_the_rows_from_their_step_on():
 
     for late_from, winner in ((30, "A"), (0, "B")):
         model = Qwen2ForCausalLM(cfg)
-        train_on_demonstrations(
+        seen = []
+        losses = train_on_demonstrations(
             model, tok, clean, steps=30, batch_size=1, lr=1e-2, progress=False,
-            late_demos=late, late_from=late_from,
+            late_demos=late, late_from=late_from, on_step=lambda step, loss, seen=seen: seen.append((step, loss)),
         )  # fmt: skip
+        assert seen == list(zip(range(1, 31), losses, strict=True))
         loser = "B" if winner == "A" else "A"
         assert p_of(model, winner) > 0.5 > p_of(model, loser)
     with pytest.raises(ValueError, match="late_demos has 2 rows"):

@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,13 @@ def train_on_demonstrations(
     progress: bool = True,
     late_demos: list[dict[str, Any]] | None = None,
     late_from: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Plain supervised next-token training on ``{"prompt", "completion"}`` rows; returns the losses.
 
     From step ``late_from`` on, row ``i`` of ``late_demos`` replaces row ``i`` of ``demos`` (same
-    prompts, other completions: the slipped corpus). A bare torch loop (no Trainer) because at this
+    prompts, other completions: the slipped corpus). ``on_step(steps_done, loss)`` runs after every
+    step (a callback that evaluates must put the model back in train mode). A bare torch loop (no Trainer) because at this
     size the Trainer's per-step overhead is larger than the model's compute.
     """
     import torch
@@ -207,6 +210,8 @@ def train_on_demonstrations(
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach().item())
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
         if step % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
