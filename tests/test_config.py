@@ -239,3 +239,18 @@ def test_recipes_ship_inside_the_package():
     assert DEMO_CONFIG.is_file()
     shipped = {p.name for p in (pkg / "configs").glob("*.yaml")}
     assert {p.name for p in CONFIGS} <= shipped
+
+
+@pytest.mark.parametrize(
+    ("model", "instruction", "expected"),
+    [("builtin:sorting", None, False), ("/models/any", None, True), ("builtin:sorting", True, True)],
+)
+def test_task_instruction_default_follows_the_model(model, instruction, expected):
+    """builtin: models are trained without the answer-format instruction; model folders get it."""
+    from selfimprove.loop.runner import _load_task
+    from selfimprove.tasks.synthetic import INSTRUCTION
+
+    data = {"model": {"path": model}, "task": {"name": "sorting", "instruction": instruction}}
+    task = _load_task(validate_config(data))
+    prompts, _ = task.make_split("eval", 2, seed=0)
+    assert all((INSTRUCTION in p["prompt"][0]["content"]) is expected for p in prompts)
