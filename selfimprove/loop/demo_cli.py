@@ -1,6 +1,6 @@
 """Build (or reuse) the embedded base model and run the demo recipe end to end.
 
-Runs configs/demo.yaml (majority-filtered SFT on sorting, label-free), prints the round table
+Runs configs/demo.yaml (majority-filtered SFT on string_ops capitals, label-free), prints the round table
 and writes report.md / report.html in the run folder. A second call with the same --out resumes
 or, when finished, just re-prints the table and report.
 
