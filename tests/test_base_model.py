@@ -178,6 +178,23 @@ def test_cli_build_base(tmp_path, capsys):
     assert str(out) in printed and "pass@1" in printed
     assert read_info(out)["settings"]["task"] == "sorting"
     assert main(["build-base", "--task", "sorting", "--hidden-size", "100"]) == 2
+    assert main(["build-base", "--task", "sorting", "--layers", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
+    """Options not given keep the task's recommended values: the folder `builtin:<task>` would use."""
+    from selfimprove.cli import main
+    from selfimprove.models.base_model import RECOMMENDED, recommended_settings
+
+    out = tmp_path / "s"
+    args = ["build-base", "--task", "string_ops", "--steps", "2", "--eval-prompts", "0", "--out", str(out)]
+    assert main([*args, "--threads", "1"]) == 0
+    info = read_info(out)
+    assert info["settings"]["num_layers"] == RECOMMENDED["string_ops"]["num_layers"] == 4
+    assert info["digest"] == recommended_settings("string_ops", steps=2, eval_prompts=0).digest()
+    assert main([*args, "--layers", "3", "--force"]) == 0
+    assert read_info(out)["settings"]["num_layers"] == 3
 
 
 def test_recommended_settings_per_task_and_overrides():

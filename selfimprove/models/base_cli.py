@@ -30,9 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="share of pre-training solutions that show a plausible slip (default: the task's recommended rate)",
     )
-    parser.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width (multiple of 64)")
-    parser.add_argument("--layers", type=int, default=d.num_layers, help="number of layers")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    parser.add_argument(
+        "--hidden-size",
+        type=int,
+        default=None,
+        help=f"model width, a multiple of 64 (default: the task's recommended width, else {d.hidden_size})",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help=f"number of layers (default: the task's recommended depth, else {d.num_layers})",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help=f"peak learning rate (default: the task's, else {d.lr})"
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, weights and order")
     parser.add_argument(
         "--eval-prompts", type=int, default=d.eval_prompts, help="held-out prompts to measure on (0: skip)"
@@ -50,27 +62,27 @@ def run(args: argparse.Namespace) -> int:
     from selfimprove.errors import InputError
     from selfimprove.models.base_model import build_base_model, read_info, recommended_settings
 
-    if args.hidden_size % 64:
+    if args.hidden_size is not None and (args.hidden_size < 64 or args.hidden_size % 64):
         raise InputError(f"--hidden-size must be a multiple of 64 (head_dim 64), got {args.hidden_size}")
+    if args.layers is not None and args.layers < 1:
+        raise InputError(f"--layers must be >= 1, got {args.layers}")
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.level not in (1, 2, 3):
         raise InputError(f"--level must be 1, 2 or 3, got {args.level}")
     if args.slip_rate is not None and not 0.0 <= args.slip_rate < 1.0:
         raise InputError(f"--slip-rate must be in [0, 1), got {args.slip_rate}")
-    overrides = {
-        "level": args.level,
+    overrides: dict[str, object] = {"level": args.level, "seed": args.seed, "eval_prompts": args.eval_prompts}
+    # Options not given keep the task's recommended value (so the folder is the one `builtin:<task>` uses).
+    given = {
         "hidden_size": args.hidden_size,
+        "num_heads": None if args.hidden_size is None else args.hidden_size // 64,
         "num_layers": args.layers,
-        "num_heads": args.hidden_size // 64,
         "lr": args.lr,
-        "seed": args.seed,
-        "eval_prompts": args.eval_prompts,
+        "steps": args.steps,
+        "slip_rate": args.slip_rate,
     }
-    if args.steps is not None:
-        overrides["steps"] = args.steps
-    if args.slip_rate is not None:
-        overrides["slip_rate"] = args.slip_rate
+    overrides.update({k: v for k, v in given.items() if v is not None})
     settings = recommended_settings(args.task, **overrides)
     if args.threads:
         import torch
