@@ -206,6 +206,23 @@ def test_recommended_settings_per_task_and_overrides():
     assert recommended_settings("counting", steps=3).steps == 3
     with pytest.raises(InputError, match="unknown base-model setting"):
         recommended_settings("counting", stepz=3)
+    assert recommended_settings("string_ops").num_layers == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"slip_from": 1.5}, "slip_from must be in"),
+        ({"slip_rate": 1.0}, "slip_rate must be in"),
+        ({"hidden_size": 192}, "hidden_size must be 64 x num_heads"),
+        ({"steps": 0}, "steps must be >= 1"),
+    ],
+)
+def test_base_model_settings_are_validated(override, message):
+    from selfimprove.models.base_model import recommended_settings
+
+    with pytest.raises(InputError, match=message):
+        recommended_settings("sorting", **override)
 
 
 def test_stale_temp_folders_of_dead_builds_are_removed(tmp_path):

@@ -79,6 +79,22 @@ class BaseModelSettings:
     eval_temperature: float = 1.0
     max_new_tokens: int = 64
 
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.slip_rate < 1.0:
+            problems.append(f"slip_rate must be in [0, 1), got {self.slip_rate!r}")
+        if not 0.0 <= self.slip_from <= 1.0:
+            problems.append(f"slip_from must be in [0, 1], got {self.slip_from!r}")
+        if self.hidden_size < 64 or self.hidden_size != 64 * self.num_heads:
+            problems.append(
+                f"hidden_size must be 64 x num_heads (head_dim 64), got {self.hidden_size} and {self.num_heads}"
+            )
+        for name in ("num_layers", "steps", "batch_size", "level"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if problems:
+            raise InputError("base-model settings: " + "; ".join(problems))
+
     def digest(self) -> str:
         """A short hash of the settings that determine the weights (and the procedure's version)."""
         # The measurement settings do not change the weights: a model measured differently is reused.
