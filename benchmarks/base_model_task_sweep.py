@@ -27,6 +27,8 @@ ap.add_argument("--evals", default="1000,1500,2000,2500,3000")
 ap.add_argument("--lr", type=float, default=3e-3)
 ap.add_argument("--bs", type=int, default=32)
 ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--layers", type=int, default=2)
+ap.add_argument("--hidden", type=int, default=128)
 ap.add_argument("--slip", type=float, default=0.0)
 ap.add_argument("--slipfrom", type=float, default=0.5)
 ap.add_argument("--n", type=int, default=100000)
@@ -37,7 +39,15 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 task = get_task(a.task, instruction=False)
 folder = tempfile.mkdtemp()
-build_tiny_model(folder, max_position_embeddings=512, seed=0, chat_template="compact")
+build_tiny_model(
+    folder,
+    hidden_size=a.hidden,
+    num_layers=a.layers,
+    num_heads=a.hidden // 64,
+    max_position_embeddings=512,
+    seed=0,
+    chat_template="compact",
+)
 tok = AutoTokenizer.from_pretrained(folder)
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 n = min(a.n, a.steps * a.bs)
@@ -67,6 +77,9 @@ def on_step(step: int, loss: float) -> None:
         "task": a.task,
         "level": a.level,
         "slip": a.slip,
+        "layers": a.layers,
+        "lr": a.lr,
+        "threads": a.threads,
         "step": step,
         "train_sec": round(t - clock["start"] - clock["eval"]),
         "loss": round(sum(losses[-50:]) / len(losses[-50:]), 3),

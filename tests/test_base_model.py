@@ -83,6 +83,62 @@ def test_late_demonstrations_replace_the_rows_from_their_step_on():
         )  # fmt: skip
 
 
+def test_open_ended_clean_phase_ends_when_ready_then_anneals_on_the_slipped_rows():
+    """With ``ready`` the clean phase lasts until the model is competent (or the cap), then the
+    fixed number of slipped steps follows; the lr is flat at the peak until then, then decays."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from selfimprove.models.base_model import train_on_demonstrations
+    from selfimprove.models.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer(template="compact")
+    prompt = [{"role": "user", "content": "Say it."}]
+    clean, late = [{"prompt": prompt, "completion": "A"}], [{"prompt": prompt, "completion": "B"}]
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=64,
+    )  # fmt: skip
+
+    class Spy(torch.optim.AdamW):
+        lrs: list[float] = []
+
+        def step(self, *a, **k):
+            Spy.lrs.append(self.param_groups[0]["lr"])
+            return super().step(*a, **k)
+
+    for answer_at, cap, expect_clean in ((12, 40, 12), (None, 16, 16)):
+        asked = []
+
+        def ready(step, asked=asked, answer_at=answer_at):
+            asked.append(step)
+            return answer_at is not None and step >= answer_at
+
+        Spy.lrs = []
+        model = Qwen2ForCausalLM(cfg)
+        orig = torch.optim.AdamW
+        torch.optim.AdamW = Spy
+        try:
+            losses = train_on_demonstrations(
+                model, tok, clean, steps=10, batch_size=1, lr=1e-2, warmup_steps=2, progress=False,
+                late_demos=late, late_from=6, ready=ready, ready_every=4, max_clean_steps=cap,
+            )  # fmt: skip
+        finally:
+            torch.optim.AdamW = orig
+        # 4 slipped steps (steps - late_from) follow the clean phase, wherever it ended.
+        assert len(losses) == expect_clean + 4
+        assert asked == list(range(4, expect_clean + 1, 4))
+        assert Spy.lrs[:2] == [5e-3, 1e-2] and set(Spy.lrs[2:expect_clean]) == {1e-2}
+        tail = Spy.lrs[expect_clean:]
+        assert tail[0] == pytest.approx(1e-2) and all(a > b for a, b in zip(tail, tail[1:], strict=False))
+    with pytest.raises(ValueError, match="max_clean_steps"):
+        train_on_demonstrations(
+            Qwen2ForCausalLM(cfg), tok, clean, steps=2, batch_size=1, lr=1e-3, progress=False,
+            ready=lambda step: True,
+        )  # fmt: skip
+
+
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SELFIMPROVE_CACHE", str(tmp_path))
     assert default_base_dir(TINY) == tmp_path / f"base-counting-{TINY.digest()}"
@@ -177,6 +233,16 @@ def test_cli_build_base(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert str(out) in printed and "pass@1" in printed
     assert read_info(out)["settings"]["task"] == "sorting"
+    # Train until competent: an untrained model never reaches 100% on the probes, so the clean
+    # phase runs to its cap, then the slipped steps follow, and the build says it fell short.
+    args = ["build-base", "--task", "sorting", "--steps", "4", "--eval-prompts", "0", "--out", str(out)]
+    assert main([*args, "--clean-target", "1.0", "--max-clean-steps", "3", "--force", "--threads", "1"]) == 0
+    info = read_info(out)
+    assert info["settings"]["clean_target"] == 1.0 and info["competent"] is False
+    slipped = 4 - int(4 * info["settings"]["slip_from"])
+    assert info["clean_steps"] == 3 and info["steps_done"] == 3 + slipped
+    assert [p["step"] for p in info["probes"]] == [3] and info["probes"][0]["greedy"] < 1.0
+    assert "stayed below --clean-target 1.0" in capsys.readouterr().out
     assert main(["build-base", "--task", "sorting", "--hidden-size", "100"]) == 2
     assert main(["build-base", "--task", "sorting", "--layers", "0"]) == 2
 
@@ -216,6 +282,8 @@ def test_recommended_settings_per_task_and_overrides():
         ({"slip_rate": 1.0}, "slip_rate must be in"),
         ({"hidden_size": 192}, "hidden_size must be 64 x num_heads"),
         ({"steps": 0}, "steps must be >= 1"),
+        ({"clean_target": 1.5}, "clean_target must be in"),
+        ({"probe_every": 0}, "probe_every must be >= 1"),
     ],
 )
 def test_base_model_settings_are_validated(override, message):

@@ -45,6 +45,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lr", type=float, default=None, help=f"peak learning rate (default: the task's, else {d.lr})"
     )
+    parser.add_argument(
+        "--slip-from",
+        type=float,
+        default=None,
+        help="share of the steps before the slipped corpus starts (default: the task's recommended share)",
+    )
+    parser.add_argument(
+        "--clean-target",
+        type=float,
+        default=None,
+        help="train on clean solutions until greedy accuracy on held-out base-split problems reaches "
+        "this (0: a fixed number of clean steps; default: the task's recommended target)",
+    )
+    parser.add_argument(
+        "--max-clean-steps",
+        type=int,
+        default=None,
+        help=f"cap on the clean steps when --clean-target is set (default: the task's, else {d.max_clean_steps})",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, weights and order")
     parser.add_argument(
         "--eval-prompts", type=int, default=d.eval_prompts, help="held-out prompts to measure on (0: skip)"
@@ -81,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "steps": args.steps,
         "slip_rate": args.slip_rate,
+        "slip_from": args.slip_from,
+        "clean_target": args.clean_target,
+        "max_clean_steps": args.max_clean_steps,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
     settings = recommended_settings(args.task, **overrides)
@@ -98,5 +120,11 @@ def run(args: argparse.Namespace) -> int:
             f"pass@1 {m['pass@1']:.3f}  maj@{k} {m[f'maj@{k}']:.3f}  pass@{k} {m[f'pass@{k}']:.3f}  "
             f"(T={settings.eval_temperature}, {int(m['n_prompts'])} held-out prompts)"
         )
-    print(json.dumps({"parameters": info.get("parameters"), "train_seconds": info.get("train_seconds")}))
+    keys = ("parameters", "train_seconds", "steps_done", "clean_steps", "competent")
+    print(json.dumps({key: info.get(key) for key in keys}))
+    if info.get("competent") is False:
+        print(
+            f"warning: greedy accuracy on the probes stayed below --clean-target {settings.clean_target} "
+            f"after {settings.max_clean_steps} clean steps (raise --max-clean-steps or --layers)"
+        )
     return 0

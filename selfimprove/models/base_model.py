@@ -63,6 +63,18 @@ class BaseModelSettings:
     # the task is learnt faster from clean data, the slip rate after that).
     slip_rate: float = 0.0
     slip_from: float = 0.5
+    # Train until competent: with clean_target > 0 the clean phase has no fixed length. The lr
+    # stays at its peak after warm-up and every ``probe_every`` steps the greedy accuracy on
+    # ``probe_prompts`` base-split problems the model is not trained on is measured; the clean
+    # phase ends at the first probe reaching ``clean_target`` (or after ``max_clean_steps``), and
+    # ``steps * (1 - slip_from)`` steps on the slipped corpus follow with the cosine decay. How
+    # many clean steps a model needs depends on the machine's arithmetic (the step at which the
+    # task "clicks" moves between CPUs), so a fixed schedule that works on one machine can stop
+    # short of competence on another. 0: the fixed schedule (clean for ``slip_from`` of ``steps``).
+    clean_target: float = 0.0
+    probe_every: int = 250
+    probe_prompts: int = 64
+    max_clean_steps: int = 6000
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -89,7 +101,17 @@ class BaseModelSettings:
             problems.append(
                 f"hidden_size must be 64 x num_heads (head_dim 64), got {self.hidden_size} and {self.num_heads}"
             )
-        for name in ("num_layers", "steps", "batch_size", "level"):
+        if not 0.0 <= self.clean_target <= 1.0:
+            problems.append(f"clean_target must be in [0, 1], got {self.clean_target!r}")
+        for name in (
+            "num_layers",
+            "steps",
+            "batch_size",
+            "level",
+            "probe_every",
+            "probe_prompts",
+            "max_clean_steps",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if problems:
@@ -179,13 +201,21 @@ def train_on_demonstrations(
     late_demos: list[dict[str, Any]] | None = None,
     late_from: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    ready: Callable[[int], bool] | None = None,
+    ready_every: int = 250,
+    max_clean_steps: int | None = None,
 ) -> list[float]:
     """Plain supervised next-token training on ``{"prompt", "completion"}`` rows; returns the losses.
 
     From step ``late_from`` on, row ``i`` of ``late_demos`` replaces row ``i`` of ``demos`` (same
     prompts, other completions: the slipped corpus). ``on_step(steps_done, loss)`` runs after every
-    step (a callback that evaluates must put the model back in train mode). A bare torch loop (no Trainer) because at this
-    size the Trainer's per-step overhead is larger than the model's compute.
+    step (a callback that evaluates must put the model back in train mode). A bare torch loop (no
+    Trainer) because at this size the Trainer's per-step overhead is larger than the model's compute.
+
+    With ``ready`` the clean phase has no fixed length: after warm-up the lr stays at its peak,
+    ``ready(steps_done)`` is asked every ``ready_every`` steps and the clean phase ends at the first
+    True (or after ``max_clean_steps``, which is then required); ``steps - late_from`` steps on
+    ``late_demos`` follow with the cosine decay. ``ready`` must leave the model in train mode.
     """
     import torch
     from tqdm.auto import tqdm
@@ -200,23 +230,46 @@ def train_on_demonstrations(
     order: list[int] = []
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
+    if ready is not None and max_clean_steps is None:
+        raise ValueError("ready needs max_clean_steps (the clean phase must end)")
+    late_steps = steps - late_from
+    # The step the clean phase ends at: fixed, or unknown until ``ready`` says so.
+    clean_end: int | None = late_from if ready is None else None
+
+    def cosine(step: int, start: int, length: int) -> float:
+        t = (step - start) / max(1, length)
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
     def lr_at(step: int) -> float:
-        # Linear warm-up, then cosine decay to 10% of the peak.
+        # Linear warm-up, then cosine decay to 10% of the peak (over all steps, or over the
+        # slipped phase when the clean phase is open-ended).
         if step < warmup_steps:
             return lr * (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+        if ready is None:
+            return cosine(step, warmup_steps, steps - warmup_steps)
+        if clean_end is None:
+            return lr
+        return cosine(step, clean_end, late_steps)
 
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="base model: training", disable=not progress, leave=False)
-    for step in bar:
+    total = steps if ready is None else max_clean_steps + late_steps
+    bar = tqdm(total=total, desc="base model: training", disable=not progress, leave=False)
+    step = 0
+    while True:
+        if clean_end is None and step > 0 and (step % ready_every == 0 or step >= max_clean_steps):
+            if ready(step) or step >= max_clean_steps:
+                clean_end = step
+                bar.total = step + late_steps
+                bar.refresh()
+        if clean_end is not None and step >= clean_end + late_steps:
+            break
         if len(order) < batch_size:
             more = list(range(len(encoded)))
             rng.shuffle(more)
             order.extend(more)
         idx, order = order[:batch_size], order[batch_size:]
-        rows = late if late is not None and step >= late_from else encoded
+        rows = late if late is not None and clean_end is not None and step >= clean_end else encoded
         batch = _batch([rows[i] for i in idx], tok.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -226,10 +279,13 @@ def train_on_demonstrations(
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach().item())
+        step += 1
+        bar.update(1)
         if on_step is not None:
-            on_step(step + 1, losses[-1])
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            on_step(step, losses[-1])
+        if step % 10 == 1:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", phase="clean" if clean_end is None else "slipped")
+    bar.close()
     model.eval()
     return losses
 
@@ -317,6 +373,31 @@ def measure(
     return evaluate_answers(answers, gold, task.check, ks=(n_samples,))
 
 
+def greedy_accuracy(
+    model: Any, tok: Any, task: Any, prompts: list[dict[str, Any]], gold: dict[str, str], max_new_tokens: int
+) -> float:
+    """Share of ``prompts`` whose greedy completion's answer is right (``gold``: prompt_id -> answer)."""
+    got = sample_answers(model, tok, task, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens)
+    return sum(task.check(got[pid][0], ans) for pid, ans in gold.items()) / max(1, len(gold))
+
+
+def _probe_set(
+    task: Any, s: BaseModelSettings, demos: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """``s.probe_prompts`` base-split problems, those the model is not trained on first.
+
+    Base-split gold is pre-training data (the eval split is never read here). When training uses
+    the whole base split of a level (arithmetic level 1), the probes are training problems and
+    measure fit rather than generalisation.
+    """
+    seen = {json.dumps(d["prompt"], sort_keys=True) for d in demos}
+    prompts, gold = task.make_split("base", s.probe_prompts * 4, seed=s.seed + 7919, level=s.level)
+    fresh = [p for p in prompts if json.dumps(p["prompt"], sort_keys=True) not in seen]
+    rest = [p for p in prompts if json.dumps(p["prompt"], sort_keys=True) in seen]
+    chosen = (fresh + rest)[: s.probe_prompts]
+    return chosen, {p["prompt_id"]: gold[p["prompt_id"]] for p in chosen}
+
+
 def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -347,6 +428,28 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
         if s.slip_rate
         else None
     )
+    probes: list[dict[str, Any]] = []
+    ready = None
+    if s.clean_target > 0:
+        probe_prompts, probe_gold = _probe_set(task, s, demos)
+
+        def ready(step: int) -> bool:
+            t = time.time()
+            acc = greedy_accuracy(model, tok, task, probe_prompts, probe_gold, s.max_new_tokens)
+            model.train()
+            probes.append({"step": step, "greedy": round(acc, 4), "seconds": round(time.time() - t, 1)})
+            msg = (
+                f"base model: step {step}, greedy accuracy {acc:.3f} on {len(probe_gold)} held-out "
+                f"base-split problems (clean phase ends at {s.clean_target})"
+            )
+            if progress:
+                from tqdm.auto import tqdm
+
+                tqdm.write(msg)
+            else:
+                log.info(msg)
+            return acc >= s.clean_target
+
     losses = train_on_demonstrations(
         model,
         tok,
@@ -360,8 +463,12 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
         progress=progress,
         late_demos=slipped,
         late_from=int(s.slip_from * s.steps),
+        ready=ready,
+        ready_every=s.probe_every,
+        max_clean_steps=s.max_clean_steps,
     )
     train_seconds = time.time() - t0
+    late_steps = s.steps - int(s.slip_from * s.steps)
     model.save_pretrained(str(folder), safe_serialization=True)
     t1 = time.time()
     metrics = (
@@ -387,6 +494,10 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
         "settings": asdict(s),
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": sum(tail) / len(tail),
+        "steps_done": len(losses),
+        "clean_steps": len(losses) - late_steps,
+        "probes": probes,
+        "competent": (not probes) or probes[-1]["greedy"] >= s.clean_target,
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.time() - t1, 1),
         "metrics": metrics,
