@@ -254,11 +254,16 @@ def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
     from selfimprove.models.base_model import RECOMMENDED, recommended_settings
 
     out = tmp_path / "s"
-    args = ["build-base", "--task", "string_ops", "--steps", "2", "--eval-prompts", "0", "--out", str(out)]
+    # string_ops trains until competent; cap that phase at 2 steps so the test stays short
+    args = ["build-base", "--task", "string_ops", "--steps", "2", "--max-clean-steps", "2"]
+    args += ["--eval-prompts", "0", "--out", str(out)]
     assert main([*args, "--threads", "1"]) == 0
     info = read_info(out)
     assert info["settings"]["num_layers"] == RECOMMENDED["string_ops"]["num_layers"] == 4
-    assert info["digest"] == recommended_settings("string_ops", steps=2, eval_prompts=0).digest()
+    assert info["settings"]["clean_target"] == RECOMMENDED["string_ops"]["clean_target"] > 0
+    assert info["clean_steps"] == 2 and info["competent"] is False
+    expected = recommended_settings("string_ops", steps=2, max_clean_steps=2, eval_prompts=0)
+    assert info["digest"] == expected.digest()
     assert main([*args, "--layers", "3", "--force"]) == 0
     assert read_info(out)["settings"]["num_layers"] == 3
 
