@@ -250,6 +250,8 @@ def test_cli_build_base(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
     """Options not given keep the task's recommended values: the folder `builtin:<task>` would use."""
+    import torch
+
     from selfimprove.cli import main
     from selfimprove.models.base_model import RECOMMENDED, recommended_settings
 
@@ -257,15 +259,20 @@ def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
     # string_ops trains until competent; cap that phase at 2 steps so the test stays short
     args = ["build-base", "--task", "string_ops", "--steps", "2", "--max-clean-steps", "2"]
     args += ["--eval-prompts", "0", "--out", str(out)]
-    assert main([*args, "--threads", "1"]) == 0
+    assert main(args) == 0  # the recommended thread count (1) is a setting like the others
     info = read_info(out)
     assert info["settings"]["num_layers"] == RECOMMENDED["string_ops"]["num_layers"] == 4
     assert info["settings"]["clean_target"] == RECOMMENDED["string_ops"]["clean_target"] > 0
     assert info["clean_steps"] == 2 and info["competent"] is False
     expected = recommended_settings("string_ops", steps=2, max_clean_steps=2, eval_prompts=0)
     assert info["digest"] == expected.digest()
-    assert main([*args, "--layers", "3", "--force"]) == 0
-    assert read_info(out)["settings"]["num_layers"] == 3
+    assert info["threads_used"] == 1 == RECOMMENDED["string_ops"]["threads"]
+    before = torch.get_num_threads()
+    assert main([*args, "--layers", "3", "--threads", "2", "--force"]) == 0
+    assert torch.get_num_threads() == before  # the build's thread count does not leak out
+    info3 = read_info(out)
+    assert info3["settings"]["num_layers"] == 3 and info3["threads_used"] == 2
+    assert info3["settings"]["threads"] == 2 and info3["cpu"]
 
 
 def test_recommended_settings_per_task_and_overrides():
@@ -289,6 +296,7 @@ def test_recommended_settings_per_task_and_overrides():
         ({"steps": 0}, "steps must be >= 1"),
         ({"clean_target": 1.5}, "clean_target must be in"),
         ({"probe_every": 0}, "probe_every must be >= 1"),
+        ({"threads": -1}, "threads must be >= 0"),
     ],
 )
 def test_base_model_settings_are_validated(override, message):

@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's choice; 1 on a busy machine)",
+        help="torch CPU threads of the build; part of the settings, since the thread count changes "
+        "the weights (default: the task's recommended count, else torch's choice)",
     )
 
 
@@ -103,13 +104,10 @@ def run(args: argparse.Namespace) -> int:
         "slip_from": args.slip_from,
         "clean_target": args.clean_target,
         "max_clean_steps": args.max_clean_steps,
+        "threads": args.threads,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
     settings = recommended_settings(args.task, **overrides)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     path = build_base_model(settings, args.out, force=args.force)
     info = read_info(path) or {}
     m = info.get("metrics") or {}

@@ -75,6 +75,10 @@ class BaseModelSettings:
     probe_every: int = 250
     probe_prompts: int = 64
     max_clean_steps: int = 6000
+    # torch CPU threads during the build (0: torch's choice, usually one per core). The thread
+    # count changes the order of floating-point sums, hence the weights: a build is reproducible
+    # for one CPU model and thread count, so the recommended builds pin it.
+    threads: int = 0
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -101,6 +105,8 @@ class BaseModelSettings:
             problems.append(
                 f"hidden_size must be 64 x num_heads (head_dim 64), got {self.hidden_size} and {self.num_heads}"
             )
+        if self.threads < 0:
+            problems.append(f"threads must be >= 0 (0: torch's choice), got {self.threads!r}")
         if not 0.0 <= self.clean_target <= 1.0:
             problems.append(f"clean_target must be in [0, 1], got {self.clean_target!r}")
         for name in (
@@ -400,13 +406,26 @@ def _probe_set(
 
 def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfimprove.models.tiny import build_tiny_model
     from selfimprove.tasks import get_task
 
     # The embedded model sees the bundled prompts without the answer-format instruction.
     task = get_task(s.task, instruction=False)
+    prev_threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        return _train_and_measure(folder, s, progress, task)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task: Any) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfimprove.models.tiny import build_tiny_model
+
     t0 = time.time()
     torch.manual_seed(s.seed)
     build_tiny_model(
@@ -499,9 +518,25 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
         "probes": probes,
         "competent": (not probes) or probes[-1]["greedy"] >= s.clean_target,
         "train_seconds": round(train_seconds, 1),
+        # The weights depend on these two (floating-point order), not only on the settings.
+        "threads_used": torch.get_num_threads(),
+        "cpu": _cpu_name(),
         "eval_seconds": round(time.time() - t1, 1),
         "metrics": metrics,
     }
+
+
+def _cpu_name() -> str:
+    """The CPU model name (Linux /proc/cpuinfo; else platform's), for the build record."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -567,9 +602,11 @@ def build_base_model(
 
 # Per-task settings of the demo base model (measured in benchmarks/results/base_model_search.md).
 # string_ops (the demo's): 4 layers; clean solutions at the peak lr until greedy accuracy on
-# held-out base problems reaches 0.8 (about 1750 steps on one thread of an Intel Xeon), then 750
-# steps with half the solutions slipped. The fixed 3000-step schedule it replaces gave pass@1 35%
-# on an AMD EPYC but 7% on an Intel Xeon: the step where the task clicks moves between CPUs.
+# held-out base problems reaches 0.8 (1750 steps on one thread of an Intel Xeon), then 750 steps
+# with half the solutions slipped. One thread: on the Xeon the same build on two threads had not
+# learnt the task after 4000 clean steps (greedy 5%), on one thread it had by step 750; on an
+# AMD EPYC one thread learnt it too. The step where the task clicks moves with the floating-point
+# order (CPU, thread count), so this pins the order measured to work.
 # sorting: 2 layers, 4000 steps, partly competent (pass@1 13%). arithmetic's and counting's
 # entries are the budgets last measured.
 RECOMMENDED: dict[str, dict[str, Any]] = {
@@ -583,6 +620,7 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
         "slip_from": 0.75,
         "clean_target": 0.8,
         "max_clean_steps": 4000,
+        "threads": 1,
     },
 }
 
