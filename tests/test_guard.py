@@ -7,6 +7,7 @@ import pytest
 from selfimprove.loop.config import GuardConfig
 from selfimprove.loop.guard import (
     DISTINCT,
+    DIVERSITY,
     ENTROPY,
     LENGTH,
     MAJORITY,
@@ -15,12 +16,12 @@ from selfimprove.loop.guard import (
     guard_settings,
 )
 
-REF = {MAJORITY: 0.5, ENTROPY: 1.0, DISTINCT: 3.0, LENGTH: 40.0}
+REF = {MAJORITY: 0.5, ENTROPY: 1.0, DISTINCT: 3.0, LENGTH: 40.0, DIVERSITY: 0.8}
 
 
 def _m(**kw):
     out = dict(REF)
-    keys = {"maj": MAJORITY, "ent": ENTROPY, "dis": DISTINCT, "len": LENGTH}
+    keys = {"maj": MAJORITY, "ent": ENTROPY, "dis": DISTINCT, "len": LENGTH, "div": DIVERSITY}
     for k, v in kw.items():
         out[keys[k]] = v
     return out
@@ -39,6 +40,10 @@ CASES = [
     (_m(len=10.0), {}, True, ["mean completion length fell to 25%"]),
     (_m(len=130.0), {}, True, ["grew to 3.2x"]),
     (_m(len=130.0), {"max_length_ratio": None}, False, []),
+    (_m(div=0.2), {}, True, ["distinct majority answers across prompts fell to 25%"]),  # same answer everywhere
+    (_m(div=0.41), {}, False, []),  # just above half of round 0's
+    (_m(div=0.3), {"min_diversity_ratio": None}, False, []),
+    (_m(ent=0.2, div=0.8), {"min_entropy_ratio": 0.1}, False, []),  # consistent, still question-dependent
     (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), {}, True, ["entropy", "distinct", "saturated", "length fell"]),
 ]
 
@@ -99,3 +104,25 @@ def test_best_round_ignores_gold_metrics():
     assert best_round(history)[0] == 1
     history[1]["eval/pass@1"] = 0.99
     assert best_round(history)[0] == 1
+
+
+def test_answer_diversity_counts_majority_answers_across_prompts():
+    """Distinct majority answers / prompts: ties count their first tied answer, no-answer prompts only the denominator."""
+    from selfimprove.loop.runner import diagnostics
+
+    answers = {
+        "a": ["1", "1", "2"],  # majority 1
+        "b": ["2", "2", "2"],  # majority 2
+        "c": ["1", "1", None],  # majority 1 again: same answer for a different question
+        "d": [None, None, None],  # no answer
+        "e": ["3", "4", None],  # tie: first of the tied answers
+    }
+    groups = {pid: [{"completion_tokens": 4}] * len(a) for pid, a in answers.items()}
+    d = diagnostics(groups, answers)
+    assert d["answer_diversity"] == pytest.approx(3 / 5)
+    collapsed = {pid: ["7"] * 3 for pid in answers}  # one answer for every question
+    d2 = diagnostics(groups, collapsed)
+    assert d2["answer_diversity"] == pytest.approx(1 / 5)
+    assert d2["answer_entropy"] == 0.0
+    ref = {DIVERSITY: d["answer_diversity"]}
+    assert check_collapse(ref, {DIVERSITY: d2["answer_diversity"]}).collapsed

@@ -394,6 +394,12 @@ class GuardConfig(_Section):
         ge=1,
         description="Collapse when the mean completion length grows above this multiple of round 0's.",
     )
+    min_diversity_ratio: float | None = Field(
+        0.5,
+        ge=0,
+        description="Collapse when distinct majority answers across prompts (per prompt) fall below this "
+        "fraction of round 0's: the same answer for different questions.",
+    )
     max_rollbacks: int = Field(1, ge=0, description="Rollbacks allowed before the guard stops the loop.")
 
 

@@ -2,7 +2,8 @@
 
 Label-free self-training tends to rise, then collapse: the policy agrees with itself more and
 more (majority ratio saturates), its answers stop varying (answer entropy and distinct answers
-fall), and completions shrink or balloon. None of these signals needs a gold label, so the guard
+fall), its majority answer stops depending on the question (the same answer for every prompt), and
+completions shrink or balloon. None of these signals needs a gold label, so the guard
 can stop the loop or roll back to the last healthy adapter without touching gold. Thresholds are
 relative to a reference round (round 0, the base model) except the majority-ratio ceiling.
 
@@ -22,7 +23,8 @@ MAJORITY = "eval/majority_ratio"
 ENTROPY = "eval/answer_entropy"
 DISTINCT = "eval/distinct_answers"
 LENGTH = "eval/mean_length"
-GUARD_KEYS = (MAJORITY, ENTROPY, DISTINCT, LENGTH)
+DIVERSITY = "eval/answer_diversity"
+GUARD_KEYS = (MAJORITY, ENTROPY, DISTINCT, LENGTH, DIVERSITY)
 
 
 @dataclass
@@ -54,6 +56,7 @@ def check_collapse(
     max_majority_ratio: float | None = 0.99,
     min_length_ratio: float | None = 0.5,
     max_length_ratio: float | None = 3.0,
+    min_diversity_ratio: float | None = 0.5,
 ) -> GuardDecision:
     """Apply the collapse rules to ``current`` diagnostics, relative to ``reference``; None turns a rule off."""
     reasons: list[str] = []
@@ -84,6 +87,13 @@ def check_collapse(
         reasons.append(
             f"mean completion length grew to {ln:.1f}x the reference "
             f"({current[LENGTH]:.1f} vs {reference[LENGTH]:.1f} tokens; limit {max_length_ratio}x)"
+        )
+    div = _ratio(current.get(DIVERSITY), reference.get(DIVERSITY))
+    if min_diversity_ratio is not None and div is not None and div < min_diversity_ratio:
+        reasons.append(
+            f"distinct majority answers across prompts fell to {div:.0%} of the reference "
+            f"({current[DIVERSITY]:.3f} vs {reference[DIVERSITY]:.3f} per prompt; "
+            f"limit {min_diversity_ratio:.0%}): the answer stopped depending on the question"
         )
     return GuardDecision(round=round, collapsed=bool(reasons), reasons=reasons)
 
@@ -124,11 +134,13 @@ def guard_settings(guard_cfg: Any) -> dict[str, Any]:
         "max_majority_ratio": guard_cfg.max_majority_ratio,
         "min_length_ratio": guard_cfg.min_length_ratio,
         "max_length_ratio": guard_cfg.max_length_ratio,
+        "min_diversity_ratio": guard_cfg.min_diversity_ratio,
     }
 
 
 __all__ = [
     "DISTINCT",
+    "DIVERSITY",
     "ENTROPY",
     "GUARD_KEYS",
     "LENGTH",

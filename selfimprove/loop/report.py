@@ -244,13 +244,15 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
             ("eval/majority_ratio", "majority ratio"),
             ("eval/answer_entropy", "answer entropy (nats)"),
             ("eval/no_answer_rate", "no-answer rate"),
+            ("eval/answer_diversity", "distinct majority answers / prompt"),
         ],
         "Self-agreement per round (label-free)",
         "value",
         **common,
     ):
         plots.append(
-            (AGREEMENT_PLOT, "Majority ratio and answer entropy: collapse shows as ratio -> 1, entropy -> 0")
+            (AGREEMENT_PLOT, "Majority ratio and answer entropy (a policy that becomes consistent shows ratio -> 1, entropy -> 0;"
+                " one whose answer stops depending on the question also loses distinct majority answers)")
         )
     if _plot(
         plots_dir / LENGTH_PLOT,

@@ -300,16 +300,26 @@ def _entropy(counts: Sequence[int]) -> float:
 def diagnostics(
     groups: Mapping[str, Sequence[Mapping[str, Any]]], answers: Mapping[str, Sequence[str | None]]
 ) -> dict[str, float]:
-    """Label-free statistics of sampled groups: majority ratio, answer entropy, distinct answers, length."""
+    """Label-free statistics of sampled groups: majority ratio, answer entropy, distinct answers, length.
+
+    ``answer_diversity`` is across prompts: distinct majority answers / prompts (prompts whose
+    vote has no answer count in the denominator only). It falls when the majority answer stops
+    depending on the question (the same answer for every prompt), unlike entropy and distinct
+    answers per prompt, which also fall when the policy merely becomes consistent.
+    """
     from selfimprove.score.vote import majority_vote
 
     ratios, entropies, distinct, lengths, none = [], [], [], [], 0
+    majority_answers: set[str] = set()
     n_samples = 0
     for pid, recs in groups.items():
         vote = majority_vote(list(answers[pid]))
         ratios.append(vote.majority_ratio)
         entropies.append(vote.entropy())
         distinct.append(vote.n_distinct)
+        top = vote.pseudo_label if vote.pseudo_label is not None else (vote.tied[0] if vote.tied else None)
+        if top is not None:  # a tie counts its first tied answer (deterministic order)
+            majority_answers.add(str(top))
         for rec in recs:
             lengths.append(rec.get("completion_tokens") or 0)
         none += sum(a is None for a in answers[pid])
@@ -320,6 +330,7 @@ def diagnostics(
         "majority_ratio": sum(ratios) / len(ratios),
         "answer_entropy": sum(entropies) / len(entropies),
         "distinct_answers": sum(distinct) / len(distinct),
+        "answer_diversity": len(majority_answers) / len(ratios),
         "mean_length": sum(lengths) / max(1, len(lengths)),
         "no_answer_rate": none / max(1, n_samples),
     }
