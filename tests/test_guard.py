@@ -40,7 +40,12 @@ CASES = [
     (_m(len=10.0), {}, True, ["mean completion length fell to 25%"]),
     (_m(len=130.0), {}, True, ["grew to 3.2x"]),
     (_m(len=130.0), {"max_length_ratio": None}, False, []),
-    (_m(div=0.2), {}, True, ["distinct majority answers across prompts fell to 25%"]),  # same answer everywhere
+    (
+        _m(div=0.2),
+        {},
+        True,
+        ["distinct majority answers across prompts fell to 25%"],
+    ),  # same answer everywhere
     (_m(div=0.41), {}, False, []),  # just above half of round 0's
     (_m(div=0.3), {"min_diversity_ratio": None}, False, []),
     (_m(ent=0.2, div=0.8), {"min_entropy_ratio": 0.1}, False, []),  # consistent, still question-dependent

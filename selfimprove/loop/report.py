@@ -251,8 +251,11 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
         **common,
     ):
         plots.append(
-            (AGREEMENT_PLOT, "Majority ratio and answer entropy (a policy that becomes consistent shows ratio -> 1, entropy -> 0;"
-                " one whose answer stops depending on the question also loses distinct majority answers)")
+            (
+                AGREEMENT_PLOT,
+                "Majority ratio and answer entropy (a policy that becomes consistent shows ratio -> 1, entropy -> 0;"
+                " one whose answer stops depending on the question also loses distinct majority answers)",
+            )
         )
     if _plot(
         plots_dir / LENGTH_PLOT,
