@@ -6,8 +6,8 @@ at most 8 minutes with the base model cached, peak memory at most 8 GB.
 What it does:
 1. `git clone` the repository (HEAD of the current checkout) into a temporary folder;
 2. "fresh": runs `make demo` there with an empty `SELFIMPROVE_CACHE` (so the base model is built)
-   and no `.venv` (so the virtual environment is created; pip may reuse its download cache unless
-   `--no-pip-cache`);
+   and no `.venv` (so the virtual environment is created, with an empty uv cache; if setup falls
+   back to pip, pip may reuse its download cache unless `--no-pip-cache`);
 3. "cached": runs `make demo` again in the same clone with a new run folder (venv and base model
    reused, the demo's rounds redone).
 
@@ -97,6 +97,10 @@ def main() -> int:
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
     if args.no_pip_cache:
         env["PIP_NO_CACHE_DIR"] = "1"
+    # setup_env.sh installs with uv: an empty uv cache per fresh run, so nothing is reused from
+    # earlier runs on this machine (a first `make demo` on a fresh machine has no uv cache either).
+    env["UV_CACHE_DIR"] = str(work / "uv-cache")
+    shutil.rmtree(work / "uv-cache", ignore_errors=True)
     load0 = os.getloadavg()
     rows = {}
     rows["fresh"] = timed(["make", "demo"], clone, env, work / "fresh.log")
