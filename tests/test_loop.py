@@ -173,6 +173,15 @@ def test_metrics_recomputed_by_hand(finished_run):
             groups
         )
         assert m["eval/majority_ratio"] == pytest.approx(ratio), top
+        # distinct majority answers across prompts: exact where the vote is clear, bounded by ties
+        tops = []
+        for v in groups.values():
+            counts = {a: v.count(a) for a in v if a is not None}
+            best = max(counts.values(), default=0)
+            tops.append({a for a, c in counts.items() if c == best})
+        clear = {next(iter(t)) for t in tops if len(t) == 1}
+        anywhere = set().union(*tops)
+        assert len(clear) / len(groups) <= m["eval/answer_diversity"] <= len(anywhere) / len(groups)
         assert 0 < m["eval/mean_length"] <= 10
     for m in history[1:]:
         assert m["data/rows"] > 0 and m["train/steps"] == 2
