@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -401,14 +400,9 @@ def _gain_head(vals: Sequence[float | None]) -> str:
 
 def machine_info() -> dict[str, Any]:
     """nproc, CPU model, load average, GPU names (nvidia-smi when present)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from selfimprove.models.base_model import cpu_name
+
+    cpu = cpu_name()
     try:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:

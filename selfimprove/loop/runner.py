@@ -290,13 +290,6 @@ def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
     return task.extract
 
 
-def _entropy(counts: Sequence[int]) -> float:
-    total = sum(counts)
-    if total == 0:
-        return 0.0
-    return -sum((c / total) * math.log(c / total) for c in counts if c > 0)
-
-
 def diagnostics(
     groups: Mapping[str, Sequence[Mapping[str, Any]]], answers: Mapping[str, Sequence[str | None]]
 ) -> dict[str, float]:

@@ -520,14 +520,14 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
         "train_seconds": round(train_seconds, 1),
         # The weights depend on these two (floating-point order), not only on the settings.
         "threads_used": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "eval_seconds": round(time.time() - t1, 1),
         "metrics": metrics,
     }
 
 
-def _cpu_name() -> str:
-    """The CPU model name (Linux /proc/cpuinfo; else platform's), for the build record."""
+def cpu_name() -> str:
+    """The CPU model name (Linux /proc/cpuinfo; else platform's), for build and benchmark records."""
     import platform
 
     try:
