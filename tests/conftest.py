@@ -30,9 +30,10 @@ def tiny_model_dir(tmp_path_factory):
 def vllm_generator(tiny_model_dir):
     """One real vLLM engine on ``tiny_model_dir`` for the whole test session (start-up ~20-45 s).
 
-    Built with ``enable_lora=True`` (max_lora_rank 16, max_loras 2) and ``enforce_eager=True``;
-    pass ``adapter=<PEFT folder>`` to ``generate`` to serve a LoRA (re-saved folders are picked up
-    without a restart). Share it: never build another engine in a test, and never ``close()`` it
+    Built with ``enable_lora=True``, ``adapter_serving="lora"`` (max_lora_rank 16, max_loras 2) and
+    ``enforce_eager=True``; pass ``adapter=<PEFT folder>`` to ``generate`` to serve a LoRA (re-saved
+    folders are picked up without a restart). A test may set ``gen.adapter_serving = "merged"``
+    (the CPU default of a generator built by the product) and must set it back to ``"lora"``. Share it: never build another engine in a test, and never ``close()`` it
     (the fixture shuts it down at the end of the session). Mark tests using it ``@pytest.mark.slow``.
     """
     from selfimprove.generate.vllm_backend import VLLMGenerator
@@ -41,6 +42,7 @@ def vllm_generator(tiny_model_dir):
     gen = VLLMGenerator(
         tiny_model_dir,
         enable_lora=True,
+        adapter_serving="lora",
         max_lora_rank=16,
         max_loras=2,
         enforce_eager=True,

