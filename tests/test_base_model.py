@@ -38,6 +38,7 @@ def test_settings_digest_and_unknown_keys():
     assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "steps": 5}).digest()
     assert TINY.digest() == BaseModelSettings(**{**TINY.__dict__, "eval_prompts": 9}).digest()
     assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "slip_rate": 0.5}).digest()
+    assert TINY.digest() != BaseModelSettings(**{**TINY.__dict__, "precision": "bf16"}).digest()
     with pytest.raises(InputError, match="unknown base-model setting"):
         BaseModelSettings.from_dict({"stepz": 3})
 
@@ -198,6 +199,29 @@ def test_build_writes_loads_reuses_and_is_deterministic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "cache", "fresh"]
 
 
+@pytest.mark.slow
+def test_bf16_build_trains_deterministically_and_saves_a_plain_fp32_model(tmp_path):
+    """precision=bf16: autocast forward/backward, float32 weights; a model like any other."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    bf16 = BaseModelSettings(**{**TINY.__dict__, "precision": "bf16"})
+    a = build_base_model(bf16, tmp_path / "a", progress=False)
+    b = build_base_model(bf16, tmp_path / "b", progress=False)
+    c = build_base_model(TINY, tmp_path / "c", progress=False)
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(w.dtype == torch.float32 for w in wa.values())
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # reproducible
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)  # other arithmetic than the fp32 build
+    info = read_info(a)
+    assert info["settings"]["precision"] == "bf16" and info["final_loss"] > 0
+    # eager attention was a training choice only: the saved config keeps the default
+    cfg = json.loads((a / "config.json").read_text())
+    assert cfg.get("_attn_implementation") in (None, "sdpa")
+    assert AutoModelForCausalLM.from_pretrained(str(a)).config._attn_implementation == "sdpa"
+
+
 def test_refuses_foreign_folder_and_unknown_task(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")
@@ -297,6 +321,7 @@ def test_recommended_settings_per_task_and_overrides():
         ({"clean_target": 1.5}, "clean_target must be in"),
         ({"probe_every": 0}, "probe_every must be >= 1"),
         ({"threads": -1}, "threads must be >= 0"),
+        ({"precision": "fp16"}, "precision must be 'fp32' or 'bf16'"),
     ],
 )
 def test_base_model_settings_are_validated(override, message):

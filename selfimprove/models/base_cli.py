@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads of the build; part of the settings, since the thread count changes "
         "the weights (default: the task's recommended count, else torch's choice)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="fp32, or bf16 autocast (float32 weights; faster on CPUs with AMX/AVX512-BF16); part of "
+        "the settings (default: the task's recommended precision, else fp32)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "clean_target": args.clean_target,
         "max_clean_steps": args.max_clean_steps,
         "threads": args.threads,
+        "precision": args.precision,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
     settings = recommended_settings(args.task, **overrides)

@@ -79,6 +79,10 @@ class BaseModelSettings:
     # count changes the order of floating-point sums, hence the weights: a build is reproducible
     # for one CPU model and thread count, so the recommended builds pin it.
     threads: int = 0
+    # "bf16": the build's forward and backward run under bfloat16 autocast (float32 weights and
+    # optimizer) with eager attention: on CPUs with AMX/AVX512-BF16 a step is 1.5x faster
+    # (benchmarks/results/base_model_search.md, session 8). Also changes the weights.
+    precision: str = "fp32"
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 2
@@ -105,6 +109,8 @@ class BaseModelSettings:
             problems.append(
                 f"hidden_size must be 64 x num_heads (head_dim 64), got {self.hidden_size} and {self.num_heads}"
             )
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.threads < 0:
             problems.append(f"threads must be >= 0 (0: torch's choice), got {self.threads!r}")
         if not 0.0 <= self.clean_target <= 1.0:
@@ -210,6 +216,7 @@ def train_on_demonstrations(
     ready: Callable[[int], bool] | None = None,
     ready_every: int = 250,
     max_clean_steps: int | None = None,
+    bf16: bool = False,
 ) -> list[float]:
     """Plain supervised next-token training on ``{"prompt", "completion"}`` rows; returns the losses.
 
@@ -222,6 +229,8 @@ def train_on_demonstrations(
     ``ready(steps_done)`` is asked every ``ready_every`` steps and the clean phase ends at the first
     True (or after ``max_clean_steps``, which is then required); ``steps - late_from`` steps on
     ``late_demos`` follow with the cosine decay. ``ready`` must leave the model in train mode.
+
+    ``bf16``: forward and backward under CPU bfloat16 autocast (the weights and AdamW stay float32).
     """
     import torch
     from tqdm.auto import tqdm
@@ -279,7 +288,8 @@ def train_on_demonstrations(
         batch = _batch([rows[i] for i in idx], tok.pad_token_id)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -438,7 +448,9 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
         chat_template="compact",
     )
     tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    # Under bf16 autocast torch's CPU SDPA backward is slower than eager attention (measured).
+    attn = "eager" if s.precision == "bf16" else None
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attn)
     # Never more examples than the steps can use: encoding them costs time.
     n = min(s.n_examples, s.steps * s.batch_size)
     demos = task.make_demonstrations(n, seed=s.seed, level=s.level)
@@ -485,6 +497,7 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
         ready=ready,
         ready_every=s.probe_every,
         max_clean_steps=s.max_clean_steps,
+        bf16=s.precision == "bf16",
     )
     train_seconds = time.time() - t0
     late_steps = s.steps - int(s.slip_from * s.steps)
