@@ -215,11 +215,27 @@ def test_bf16_build_trains_deterministically_and_saves_a_plain_fp32_model(tmp_pa
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # reproducible
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)  # other arithmetic than the fp32 build
     info = read_info(a)
-    assert info["settings"]["precision"] == "bf16" and info["final_loss"] > 0
+    assert info["settings"]["precision"] == "bf16" and info["precision_used"] == "bf16"
+    assert info["final_loss"] > 0
+    assert read_info(c)["precision_used"] == "fp32"
     # eager attention was a training choice only: the saved config keeps the default
     cfg = json.loads((a / "config.json").read_text())
     assert cfg.get("_attn_implementation") in (None, "sdpa")
     assert AutoModelForCausalLM.from_pretrained(str(a)).config._attn_implementation == "sdpa"
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    import torch
+
+    from selfimprove.models.base_model import resolve_precision
+
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto") == "fp32"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert resolve_precision("auto") == "fp32"
 
 
 def test_refuses_foreign_folder_and_unknown_task(tmp_path):
@@ -321,7 +337,7 @@ def test_recommended_settings_per_task_and_overrides():
         ({"clean_target": 1.5}, "clean_target must be in"),
         ({"probe_every": 0}, "probe_every must be >= 1"),
         ({"threads": -1}, "threads must be >= 0"),
-        ({"precision": "fp16"}, "precision must be 'fp32' or 'bf16'"),
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16, auto"),
     ],
 )
 def test_base_model_settings_are_validated(override, message):

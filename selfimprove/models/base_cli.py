@@ -77,10 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16", "auto"),
         default=None,
-        help="fp32, or bf16 autocast (float32 weights; faster on CPUs with AMX/AVX512-BF16); part of "
-        "the settings (default: the task's recommended precision, else fp32)",
+        help="fp32, bf16 autocast (float32 weights; faster on CPUs with AMX) or auto (bf16 where the "
+        "CPU has AMX); part of the settings (default: the task's recommended precision, else fp32)",
     )
 
 

@@ -47,6 +47,22 @@ def _builder_fingerprint() -> str:
     return hashlib.sha256(inspect.getsource(tiny).encode()).hexdigest()[:12]
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU with AMX tiles (torch's own check), else ``fp32``."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return "bf16" if amx is not None and amx() else "fp32"
+    except Exception:  # a private torch helper: never let it break a build
+        return "fp32"
+
+
 _MEASURE_FIELDS = frozenset({"eval_prompts", "eval_samples", "eval_temperature", "max_new_tokens"})
 
 
@@ -80,8 +96,9 @@ class BaseModelSettings:
     # for one CPU model and thread count, so the recommended builds pin it.
     threads: int = 0
     # "bf16": the build's forward and backward run under bfloat16 autocast (float32 weights and
-    # optimizer) with eager attention: on CPUs with AMX/AVX512-BF16 a step is 1.5x faster
-    # (benchmarks/results/base_model_search.md, session 8). Also changes the weights.
+    # optimizer) with eager attention: on a CPU with AMX a step is 1.5x faster
+    # (benchmarks/results/base_model_search.md, session 8). "auto": bf16 where the CPU has AMX,
+    # else fp32 (without bf16 units autocast is emulated and slow). Changes the weights.
     precision: str = "fp32"
     hidden_size: int = 128
     num_layers: int = 2
@@ -109,8 +126,8 @@ class BaseModelSettings:
             problems.append(
                 f"hidden_size must be 64 x num_heads (head_dim 64), got {self.hidden_size} and {self.num_heads}"
             )
-        if self.precision not in ("fp32", "bf16"):
-            problems.append(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.threads < 0:
             problems.append(f"threads must be >= 0 (0: torch's choice), got {self.threads!r}")
         if not 0.0 <= self.clean_target <= 1.0:
@@ -449,7 +466,8 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
     )
     tok = AutoTokenizer.from_pretrained(str(folder))
     # Under bf16 autocast torch's CPU SDPA backward is slower than eager attention (measured).
-    attn = "eager" if s.precision == "bf16" else None
+    precision = resolve_precision(s.precision)
+    attn = "eager" if precision == "bf16" else None
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation=attn)
     # Never more examples than the steps can use: encoding them costs time.
     n = min(s.n_examples, s.steps * s.batch_size)
@@ -497,7 +515,7 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
         ready=ready,
         ready_every=s.probe_every,
         max_clean_steps=s.max_clean_steps,
-        bf16=s.precision == "bf16",
+        bf16=precision == "bf16",
     )
     train_seconds = time.time() - t0
     late_steps = s.steps - int(s.slip_from * s.steps)
@@ -531,8 +549,9 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
         "probes": probes,
         "competent": (not probes) or probes[-1]["greedy"] >= s.clean_target,
         "train_seconds": round(train_seconds, 1),
-        # The weights depend on these two (floating-point order), not only on the settings.
+        # The weights depend on these (floating-point order), not only on the settings.
         "threads_used": torch.get_num_threads(),
+        "precision_used": precision,
         "cpu": cpu_name(),
         "eval_seconds": round(time.time() - t1, 1),
         "metrics": metrics,
