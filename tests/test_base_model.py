@@ -307,6 +307,8 @@ def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
     expected = recommended_settings("string_ops", steps=2, max_clean_steps=2, eval_prompts=0)
     assert info["digest"] == expected.digest()
     assert info["threads_used"] == 1 == RECOMMENDED["string_ops"]["threads"]
+    assert info["settings"]["seed"] == RECOMMENDED["string_ops"]["seed"]  # not the CLI's
+    assert info["settings"]["precision"] == RECOMMENDED["string_ops"]["precision"]
     before = torch.get_num_threads()
     assert main([*args, "--layers", "3", "--threads", "2", "--force"]) == 0
     assert torch.get_num_threads() == before  # the build's thread count does not leak out

@@ -64,7 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"cap on the clean steps when --clean-target is set (default: the task's, else {d.max_clean_steps})",
     )
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of data, weights and order")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of data, weights and order (default: the task's recommended seed, else {d.seed})",
+    )
     parser.add_argument(
         "--eval-prompts", type=int, default=d.eval_prompts, help="held-out prompts to measure on (0: skip)"
     )
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--level must be 1, 2 or 3, got {args.level}")
     if args.slip_rate is not None and not 0.0 <= args.slip_rate < 1.0:
         raise InputError(f"--slip-rate must be in [0, 1), got {args.slip_rate}")
-    overrides: dict[str, object] = {"level": args.level, "seed": args.seed, "eval_prompts": args.eval_prompts}
+    overrides: dict[str, object] = {"level": args.level, "eval_prompts": args.eval_prompts}
     # Options not given keep the task's recommended value (so the folder is the one `builtin:<task>` uses).
     given = {
         "hidden_size": args.hidden_size,
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         "max_clean_steps": args.max_clean_steps,
         "threads": args.threads,
         "precision": args.precision,
+        "seed": args.seed,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
     settings = recommended_settings(args.task, **overrides)
