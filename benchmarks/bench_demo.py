@@ -32,9 +32,12 @@ import time
 from pathlib import Path
 
 import psutil
-from bench_selftrain import machine_info  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
+# Run with any python3 (the venv is what the fresh run creates): machine_info reads the CPU name
+# through the checkout's package, which needs only the standard library to import.
+sys.path.insert(0, str(REPO))
+from bench_selftrain import machine_info  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -101,6 +104,7 @@ def main() -> int:
     # earlier runs on this machine (a first `make demo` on a fresh machine has no uv cache either).
     env["UV_CACHE_DIR"] = str(work / "uv-cache")
     shutil.rmtree(work / "uv-cache", ignore_errors=True)
+    cpu = machine_info()["cpu"]  # before the long runs: a failure here costs nothing
     load0 = os.getloadavg()
     rows = {}
     rows["fresh"] = timed(["make", "demo"], clone, env, work / "fresh.log")
@@ -129,7 +133,6 @@ def main() -> int:
         f"| {100 * r.get('eval/pass@8', float('nan')):.1f} |"
         for r in hist
     )
-    cpu = machine_info()["cpu"]
     md = [
         "# Demo wall-clock and peak memory",
         "",
