@@ -124,7 +124,7 @@ class GenerationConfig(_Section):
 
     backend: Literal["vllm", "hf", "openai"] = Field(
         "vllm",
-        description="Generation backend: `vllm` (fast, LoRA hot-swap), `hf` (transformers) or `openai`.",
+        description="Generation backend: `vllm` (fast, adapters swapped in place), `hf` (transformers) or `openai`.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
