@@ -81,3 +81,17 @@ def test_adapter_errors(tmp_path):
     with pytest.raises(InputError, match=r"adapter_meta.json: not valid JSON \(line 2\)"):
         read_adapter_meta(tmp_path)
     assert read_adapter_meta(tmp_path / "nowhere") == {}
+
+
+def test_merge_refuses_an_adapter_of_another_base(make_lora_adapter, tmp_path):
+    """The merge both merge_adapter and vLLM's merged serving use names the misfit."""
+    from selfimprove.models.tiny import build_tiny_model
+    from selfimprove.train.adapters import merged_model
+
+    adapter = make_lora_adapter(tmp_path / "adapter")
+    wider = build_tiny_model(tmp_path / "wider", hidden_size=192, num_heads=3, seed=0)
+    with pytest.raises(InputError, match="does not fit the base model"):
+        merged_model(wider, adapter)
+    with pytest.raises(InputError, match="does not fit the base model"):
+        merge_adapter(wider, adapter, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from selfimprove.errors import InputError
+from selfimprove.generate.vllm_backend import ADAPTER_SERVING
 
 BACKENDS = ("vllm", "hf", "openai")
 
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     e.add_argument(
         "--adapter-serving",
-        choices=("auto", "lora", "merged"),
+        choices=ADAPTER_SERVING,
         default="auto",
         help="vllm: serve --adapter with LoRA kernels or merged into the weights "
         "(default auto: merged on CPU, lora on CUDA)",

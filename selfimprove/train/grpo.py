@@ -4,8 +4,9 @@
 of each prompt through TRL's ``rollout_func`` hook: the current adapter is saved to
 ``<out_dir>/rollout_adapter`` every ``sync_every`` optimizer steps and passed to the generator by
 path; the vLLM backend sees new file contents and serves the new version without restarting
-the engine (a new LoRA id, or on CPU the adapter merged into the engine's weights). Saving a LoRA adapter takes milliseconds and loading it into vLLM
-well under a second, against seconds of generation per step, so the default ``sync_every=1``
+the engine (a new LoRA id, or on CPU the adapter merged into the engine's weights). Saving a
+LoRA adapter takes milliseconds and swapping it into vLLM well under a second, against seconds
+of generation per step, so the default ``sync_every=1``
 keeps rollouts exactly on-policy (what GRPO's ratio assumes, and what TRL's own vLLM mode does).
 ``sync_every=k`` makes rollouts up to k-1 steps stale in exchange for fewer reloads.
 ``generator=None`` / ``"hf"`` keeps TRL's own transformers generation (the fallback).
