@@ -177,28 +177,80 @@ _MUL = ["ends up with {v} times as many"]
 
 # level -> (number of steps, max start value, max operand, allow multiplication)
 _ARITH_LEVELS = {1: (1, 99, 99, False), 2: (2, 99, 50, False), 3: (3, 500, 300, True)}
-# The slips of a step: its result off by one, or a carry / borrow lost or added (off by ten).
-_ARITH_SLIPS = (-10, -1, 1, 10)
+# The slips of a multiplication step: its result off by one or by ten.
+_MUL_SLIPS = (-10, -1, 1, 10)
 
 
-def _arith_work(start: int, ops: list[tuple[str, int]], slip: tuple[int, int] | None = None) -> str:
-    """The worked solution ``a+b=c. c-d=e. The answer is e.``; ``slip`` = (step, error) adds
-    ``error`` to that step's result, and the later steps carry on from the wrong value."""
+def _column_work(a: int, op: str, b: int, slip: tuple[int, int] | None = None) -> tuple[str, int]:
+    """Column addition / subtraction of ``a op b`` (``a >= b`` for "-"), units first:
+    ``("7+4=11, 6+1+1=8", 81)`` for 67+14 and ``("12-7=5, 4-1=3", 35)`` for 52-17 (a borrow shows
+    as the top digit plus ten, the next top digit one less).
+
+    ``slip`` = (column, error) adds ``error`` to that column's written result, and the carry and
+    the final value follow from what is written, like a person's slip.
+    """
+    da = [int(c) for c in str(a)][::-1]
+    db = [int(c) for c in str(b)][::-1]
+    width = max(len(da), len(db))
+    da += [0] * (width - len(da))
+    db += [0] * (width - len(db))
+    parts: list[str] = []
+    digits: list[int] = []
+    carry = 0
+    for i in range(width):
+        err = slip[1] if slip is not None and slip[0] == i else 0
+        if op == "+":
+            total = max(0, da[i] + db[i] + carry + err)
+            parts.append(f"{da[i]}+{db[i]}" + ("+1" if carry else "") + f"={total}")
+            digits.append(total % 10)
+            carry = total // 10
+        else:
+            top = da[i] - carry
+            carry = 1 if top < db[i] else 0
+            top += 10 * carry
+            digit = min(9, max(0, top - db[i] + err))
+            parts.append(f"{top}-{db[i]}={digit}")
+            digits.append(digit)
+    if op == "+" and carry:
+        digits.append(carry)
+    return ", ".join(parts), int("".join(map(str, reversed(digits))))
+
+
+def _arith_work(
+    start: int, ops: list[tuple[str, int]], slip: tuple[int, int, int] | None = None
+) -> tuple[str, int] | None:
+    """The worked solution and its final value, or None when a slip would make a count negative.
+
+    Additions and subtractions are worked in columns, units first, then the step's equation
+    (``67+14: 7+4=11, 6+1+1=8. 67+14=81.``): a 4-layer model from scratch learns one digit at a
+    time in hundreds of steps where it did not learn whole two-digit sums in thousands
+    (benchmarks/results/base_model_search.md, session 9). Multiplications are one equation. ``slip``
+    = (step, column, error): that step's column result is off by ``error`` (a multiplication's
+    result itself), and the later steps carry on from the wrong value.
+    """
     value, work = start, []
     for i, (op, v) in enumerate(ops):
-        new = value + v if op == "+" else value - v if op == "-" else value * v
-        if slip is not None and slip[0] == i:
-            new += slip[1]
-        work.append(f"{value}{op}{v}={new}.")
+        step_slip = slip[1:] if slip is not None and slip[0] == i else None
+        if op == "*":
+            new = value * v + (step_slip[1] if step_slip else 0)
+            work.append(f"{value}*{v}={new}.")
+        else:
+            if op == "-" and v > value:  # only after a slip: a count never goes negative
+                return None
+            columns, new = _column_work(value, op, v, step_slip)
+            work.append(f"{value}{op}{v}: {columns}. {value}{op}{v}={new}.")
+        if new < 0:
+            return None
         value = new
-    return " ".join(work) + " " + format_answer(str(value))
+    return " ".join(work) + " " + format_answer(str(value)), value
 
 
 def make_arithmetic(rng: random.Random, level: int) -> Problem:
     """A word problem: a start amount then 1-3 add/subtract/multiply steps; worked solution by steps.
 
     Level 1 is one step ("Jon has 18 coins and loses 4. How many coins now?"), levels 2 and 3
-    chain two and three.
+    chain two and three. The solution works each addition and subtraction in columns (see
+    ``_arith_work``); the slips get one column (or a multiplication) wrong and carry on.
     """
     steps, max_start, max_operand, allow_mul = _ARITH_LEVELS[level]
     value = rng.randint(10, max_start)
@@ -232,13 +284,22 @@ def make_arithmetic(rng: random.Random, level: int) -> Problem:
     if len(phrases) > 1:
         question = question.replace(f"{item} {phrases[0]}", f"{item}, {phrases[0]}", 1)
     key = f"{start}|" + "|".join(f"{op}{v}" for op, v in ops)
-    slips = []
-    for i in range(len(ops)):
-        for err in _ARITH_SLIPS:
-            work = _arith_work(start, ops, (i, err))
-            if "=-" not in work:  # a count never goes negative, not even by mistake
-                slips.append(work)
-    return Problem(key, question, str(value), _arith_work(start, ops), tuple(slips))
+    worked = _arith_work(start, ops)
+    assert worked is not None  # without a slip every value is a real count
+    solution = worked[0]
+    slips: dict[str, None] = {}  # ordered and without repeats
+    before = start  # the value a step starts from
+    for i, (op, v) in enumerate(ops):
+        if op == "*":
+            errors = [(0, e) for e in _MUL_SLIPS]
+        else:
+            errors = [(col, e) for col in range(len(str(max(before, v)))) for e in (-1, 1)]
+        before = before + v if op == "+" else before - v if op == "-" else before * v
+        for col, err in errors:
+            worked = _arith_work(start, ops, (i, col, err))
+            if worked is not None and worked[1] != value:
+                slips[worked[0]] = None
+    return Problem(key, question, str(value), solution, tuple(slips))
 
 
 # --- counting: occurrences of a letter -------------------------------------------------------------
