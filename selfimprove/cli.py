@@ -7,8 +7,11 @@ Each command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,6 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks run (engines shut down)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into ``Terminated`` while a command runs.
+
+    Python's default SIGTERM action exits without unwinding, so ``kill`` (or a scheduler's
+    time limit) used to leave vLLM's engine processes running with the model in memory; raising
+    lets the runner close its generator and leave a resumable run folder, as Ctrl-C does.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``selfimprove`` console script."""
     parser = build_parser()
@@ -63,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     from selfimprove.errors import SelfImproveError
 
     try:
-        return int(args._module.run(args) or 0)
+        with _sigterm_raises():
+            return int(args._module.run(args) or 0)
     except SelfImproveError as exc:
         print(f"selfimprove {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        hint = "; continue it with --resume" if args.command == "run" else ""
+        print(f"selfimprove {args.command}: terminated (SIGTERM){hint}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

