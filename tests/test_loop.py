@@ -234,10 +234,33 @@ def test_summary_and_round_table(finished_run):
     assert s["final_adapter"].endswith("round_02/adapter")
     table = round_table(hist, [1, 4])
     lines = table.splitlines()
-    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 5
+    # the untrained tiny model often runs to max_tokens without an answer: then the table says so
+    warned = hist[-1]["eval/truncated_no_answer_rate"] >= 0.2
+    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 5 + warned
+    assert ("stopped at the token limit" in lines[-1]) == warned
     base = hist[0]["eval/constant_baseline"]
-    assert 0 < base <= 1 and f"scores {base:.3f}" in lines[-1]
+    assert 0 < base <= 1 and f"scores {base:.3f}" in lines[4]
     assert any("round 2: train" in line for line in finished_run["logs"])
+
+
+def test_round_table_warns_when_samples_stop_at_the_token_limit_without_an_answer():
+    from selfimprove.loop.runner import diagnostics
+
+    cut = {"completion": "12+34: 2+4=6, 1+3", "finish_reason": "length", "completion_tokens": 16}
+    done = {"completion": "The answer is 4.", "finish_reason": "stop", "completion_tokens": 16}
+    # an answer found before the limit is not counted: only cut-off samples without one
+    long_but_answered = {"completion": "The answer is 4. And", "finish_reason": "length"}
+    groups = {"p1": [cut, cut, cut, done], "p2": [cut, long_but_answered, done, done]}
+    answers = {"p1": [None, None, None, "4"], "p2": [None, "4", "4", "4"]}
+    d = diagnostics(groups, answers)
+    assert d["truncated_no_answer_rate"] == 0.5 and d["no_answer_rate"] == 0.5
+    row = {"round": 2, **{f"eval/{k}": v for k, v in d.items()}}
+    table = round_table([row], [1])
+    assert "50% of round 2's eval samples stopped at the token limit" in table.splitlines()[-1]
+    assert "generation.max_tokens" in table
+    fine = diagnostics({"p1": [done, done]}, {"p1": ["4", "4"]})
+    assert fine["truncated_no_answer_rate"] == 0.0
+    assert "token limit" not in round_table([{"round": 0, **{f"eval/{k}": v for k, v in fine.items()}}], [1])
 
 
 @pytest.mark.slow

@@ -302,7 +302,7 @@ def diagnostics(
     """
     from selfimprove.score.vote import majority_vote
 
-    ratios, entropies, distinct, lengths, none = [], [], [], [], 0
+    ratios, entropies, distinct, lengths, none, cut = [], [], [], [], 0, 0
     majority_answers: set[str] = set()
     n_samples = 0
     for pid, recs in groups.items():
@@ -313,8 +313,9 @@ def diagnostics(
         top = vote.pseudo_label if vote.pseudo_label is not None else (vote.tied[0] if vote.tied else None)
         if top is not None:  # a tie counts its first tied answer (deterministic order)
             majority_answers.add(str(top))
-        for rec in recs:
+        for rec, ans in zip(recs, answers[pid], strict=True):
             lengths.append(rec.get("completion_tokens") or 0)
+            cut += ans is None and rec.get("finish_reason") == "length"
         none += sum(a is None for a in answers[pid])
         n_samples += len(answers[pid])
     if not ratios:
@@ -326,6 +327,8 @@ def diagnostics(
         "answer_diversity": len(majority_answers) / len(ratios),
         "mean_length": sum(lengths) / max(1, len(lengths)),
         "no_answer_rate": none / max(1, n_samples),
+        # samples without an answer that stopped at max_tokens: the limit is too low for the task
+        "truncated_no_answer_rate": cut / max(1, n_samples),
     }
 
 
@@ -515,6 +518,12 @@ def round_table(history: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> str:
         lines.append(
             f"(always giving the eval split's most common answer scores {_fmt(base, 0).strip()}: "
             "pass@1 near it means the model ignores the question)"
+        )
+    cut = history[-1].get("eval/truncated_no_answer_rate") if history else None
+    if isinstance(cut, float) and cut >= 0.2:
+        lines.append(
+            f"(warning: {cut:.0%} of round {history[-1].get('round')}'s eval samples stopped at the "
+            "token limit before giving an answer: raise generation.max_tokens / evaluation.max_tokens)"
         )
     return "\n".join(lines)
 
