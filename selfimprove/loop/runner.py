@@ -300,6 +300,7 @@ def diagnostics(
     depending on the question (the same answer for every prompt), unlike entropy and distinct
     answers per prompt, which also fall when the policy merely becomes consistent.
     """
+    from selfimprove.score.diagnostics import no_answer_reason
     from selfimprove.score.vote import majority_vote
 
     ratios, entropies, distinct, lengths, none, cut = [], [], [], [], 0, 0
@@ -315,7 +316,7 @@ def diagnostics(
             majority_answers.add(str(top))
         for rec, ans in zip(recs, answers[pid], strict=True):
             lengths.append(rec.get("completion_tokens") or 0)
-            cut += ans is None and rec.get("finish_reason") == "length"
+            cut += ans is None and no_answer_reason(rec) == "truncated"
         none += sum(a is None for a in answers[pid])
         n_samples += len(answers[pid])
     if not ratios:

@@ -257,8 +257,10 @@ def make_arithmetic(rng: random.Random, level: int) -> Problem:
     start = value
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     ops: list[tuple[str, int]] = []
+    befores: list[int] = []  # the value each step starts from
     phrases: list[str] = []
     for _ in range(steps):
+        befores.append(value)
         choices = ["+", "-"] + (["*"] if allow_mul and value <= 200 else [])
         op = rng.choice(choices)
         if op == "-" and value < 2:
@@ -288,13 +290,11 @@ def make_arithmetic(rng: random.Random, level: int) -> Problem:
     assert worked is not None  # without a slip every value is a real count
     solution = worked[0]
     slips: dict[str, None] = {}  # ordered and without repeats
-    before = start  # the value a step starts from
     for i, (op, v) in enumerate(ops):
         if op == "*":
             errors = [(0, e) for e in _MUL_SLIPS]
         else:
-            errors = [(col, e) for col in range(len(str(max(before, v)))) for e in (-1, 1)]
-        before = before + v if op == "+" else before - v if op == "-" else before * v
+            errors = [(col, e) for col in range(len(str(max(befores[i], v)))) for e in (-1, 1)]
         for col, err in errors:
             worked = _arith_work(start, ops, (i, col, err))
             if worked is not None and worked[1] != value:
