@@ -117,6 +117,9 @@ def test_diagnostics_label_free():
     assert d["reward"]["mean"] == pytest.approx(4 / 8)
     assert d["rewards"]["majority_vote"]["n"] == 8
     assert d["response_length_tokens"] == pytest.approx((3 * 5 + 0 + 64 + 0) / 8)
+    # the loop's round metrics come from the same group statistics (group_diagnostics)
+    assert d["truncated_no_answer_rate"] == pytest.approx(1 / 8)
+    assert d["answer_diversity"] == pytest.approx(2 / 3)  # p1 -> 4, p2 -> 7, p3 has no answer
     assert "label_accuracy" not in d
 
 

@@ -113,7 +113,7 @@ def test_best_round_ignores_gold_metrics():
 
 def test_answer_diversity_counts_majority_answers_across_prompts():
     """Distinct majority answers / prompts: ties count their first tied answer, no-answer prompts only the denominator."""
-    from selfimprove.loop.runner import diagnostics
+    from selfimprove.score.diagnostics import group_diagnostics as diagnostics
 
     answers = {
         "a": ["1", "1", "2"],  # majority 1

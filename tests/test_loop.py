@@ -244,7 +244,7 @@ def test_summary_and_round_table(finished_run):
 
 
 def test_round_table_warns_when_samples_stop_at_the_token_limit_without_an_answer():
-    from selfimprove.loop.runner import diagnostics
+    from selfimprove.score.diagnostics import group_diagnostics as diagnostics
 
     cut = {"completion": "12+34: 2+4=6, 1+3", "finish_reason": "length", "completion_tokens": 16}
     done = {"completion": "The answer is 4.", "finish_reason": "stop", "completion_tokens": 16}

@@ -290,49 +290,6 @@ def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
     return task.extract
 
 
-def diagnostics(
-    groups: Mapping[str, Sequence[Mapping[str, Any]]], answers: Mapping[str, Sequence[str | None]]
-) -> dict[str, float]:
-    """Label-free statistics of sampled groups: majority ratio, answer entropy, distinct answers, length.
-
-    ``answer_diversity`` is across prompts: distinct majority answers / prompts (prompts whose
-    vote has no answer count in the denominator only). It falls when the majority answer stops
-    depending on the question (the same answer for every prompt), unlike entropy and distinct
-    answers per prompt, which also fall when the policy merely becomes consistent.
-    """
-    from selfimprove.score.diagnostics import no_answer_reason
-    from selfimprove.score.vote import majority_vote
-
-    ratios, entropies, distinct, lengths, none, cut = [], [], [], [], 0, 0
-    majority_answers: set[str] = set()
-    n_samples = 0
-    for pid, recs in groups.items():
-        vote = majority_vote(list(answers[pid]))
-        ratios.append(vote.majority_ratio)
-        entropies.append(vote.entropy())
-        distinct.append(vote.n_distinct)
-        top = vote.pseudo_label if vote.pseudo_label is not None else (vote.tied[0] if vote.tied else None)
-        if top is not None:  # a tie counts its first tied answer (deterministic order)
-            majority_answers.add(str(top))
-        for rec, ans in zip(recs, answers[pid], strict=True):
-            lengths.append(rec.get("completion_tokens") or 0)
-            cut += ans is None and no_answer_reason(rec) == "truncated"
-        none += sum(a is None for a in answers[pid])
-        n_samples += len(answers[pid])
-    if not ratios:
-        return {}
-    return {
-        "majority_ratio": sum(ratios) / len(ratios),
-        "answer_entropy": sum(entropies) / len(entropies),
-        "distinct_answers": sum(distinct) / len(distinct),
-        "answer_diversity": len(majority_answers) / len(ratios),
-        "mean_length": sum(lengths) / max(1, len(lengths)),
-        "no_answer_rate": none / max(1, n_samples),
-        # samples without an answer that stopped at max_tokens: the limit is too low for the task
-        "truncated_no_answer_rate": cut / max(1, n_samples),
-    }
-
-
 def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for rec in records:
@@ -932,6 +889,7 @@ class _Run:
     def compute_metrics(self, r: int, rdir: Path) -> dict[str, Any]:
         """Every metric of round ``r`` from the files of its folder (gold read here only)."""
         from selfimprove.loop.metrics import evaluate_answers
+        from selfimprove.score.diagnostics import group_diagnostics
 
         rs = self.state.round(r)
         m: dict[str, Any] = {"round": r}
@@ -946,13 +904,13 @@ class _Run:
                 ks = [k for k in self.cfg.evaluation.k if k <= min(len(a) for a in with_gold.values())]
                 acc = evaluate_answers(with_gold, gold, self.task.check, ks=ks)
                 m.update({f"eval/{k}": v for k, v in acc.items()})
-            m.update({f"eval/{k}": v for k, v in diagnostics(groups, answers).items()})
+            m.update({f"eval/{k}": v for k, v in group_diagnostics(groups, answers).items()})
         scores_path = rdir / "scores.jsonl"
         if scores_path.exists():
             scored = read_jsonl(scores_path)
             groups = _group(scored)
             answers = {pid: [x.get("extracted") for x in recs] for pid, recs in groups.items()}
-            m.update({f"train/{k}": v for k, v in diagnostics(groups, answers).items()})
+            m.update({f"train/{k}": v for k, v in group_diagnostics(groups, answers).items()})
             rewards = [x["reward"] for x in scored if x.get("reward") is not None]
             if rewards:
                 mean = sum(rewards) / len(rewards)
@@ -1202,7 +1160,6 @@ def run(
 __all__ = [
     "STAGES",
     "RunState",
-    "diagnostics",
     "resolve_run_dir",
     "round_dir",
     "round_table",

@@ -170,6 +170,46 @@ def no_answer_reason(record: Mapping[str, Any]) -> str:
     return "no_match"
 
 
+def group_diagnostics(
+    groups: Mapping[str, Sequence[Mapping[str, Any]]], answers: Mapping[str, Sequence[str | None]]
+) -> dict[str, float]:
+    """Label-free statistics of sampled groups: majority ratio, answer entropy, distinct answers, length.
+
+    ``answer_diversity`` is across prompts: distinct majority answers / prompts (prompts whose
+    vote has no answer count in the denominator only). It falls when the majority answer stops
+    depending on the question (the same answer for every prompt), unlike entropy and distinct
+    answers per prompt, which also fall when the policy merely becomes consistent.
+    """
+    ratios, entropies, distinct, lengths, none, cut = [], [], [], [], 0, 0
+    majority_answers: set[str] = set()
+    n_samples = 0
+    for pid, recs in groups.items():
+        vote = majority_vote(list(answers[pid]))
+        ratios.append(vote.majority_ratio)
+        entropies.append(vote.entropy())
+        distinct.append(vote.n_distinct)
+        top = vote.pseudo_label if vote.pseudo_label is not None else (vote.tied[0] if vote.tied else None)
+        if top is not None:  # a tie counts its first tied answer (deterministic order)
+            majority_answers.add(str(top))
+        for rec, ans in zip(recs, answers[pid], strict=True):
+            lengths.append(rec.get("completion_tokens") or 0)
+            cut += ans is None and no_answer_reason(rec) == "truncated"
+        none += sum(a is None for a in answers[pid])
+        n_samples += len(answers[pid])
+    if not ratios:
+        return {}
+    return {
+        "majority_ratio": sum(ratios) / len(ratios),
+        "answer_entropy": sum(entropies) / len(entropies),
+        "distinct_answers": sum(distinct) / len(distinct),
+        "answer_diversity": len(majority_answers) / len(ratios),
+        "mean_length": sum(lengths) / max(1, len(lengths)),
+        "no_answer_rate": none / max(1, n_samples),
+        # samples without an answer that stopped at max_tokens: the limit is too low for the task
+        "truncated_no_answer_rate": cut / max(1, n_samples),
+    }
+
+
 def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
     valid = [v for v in values if v is not None]
     if not valid:
@@ -217,14 +257,14 @@ def compute_diagnostics(
         if rec.get("extracted") is None:
             reasons[no_answer_reason(rec)] += 1
 
-    ratios, entropies, distinct, zero_signal = [], [], [], 0
+    answers = {pid: [r.get("extracted") for r in recs] for pid, recs in groups.items()}
+    shared = group_diagnostics(groups, answers)
+    ratios, distinct, zero_signal = [], [], 0
     abstained = 0
-    for recs in groups.values():
-        answers = [r.get("extracted") for r in recs]
-        vote = majority_vote(answers)
+    for pid, recs in groups.items():
+        vote = majority_vote(answers[pid])
         # the scorer's own fields win (they may cluster math-equivalent answers)
         ratios.append(recs[0].get("majority_ratio", vote.majority_ratio))
-        entropies.append(vote.entropy())
         distinct.append(recs[0].get("n_distinct", vote.n_distinct))
         if recs[0].get("pseudo_label", vote.pseudo_label) is None:
             abstained += 1
@@ -237,12 +277,14 @@ def compute_diagnostics(
         "n_samples": n,
         "n_prompts": len(groups),
         "majority_ratio": _mean(ratios),
-        "answer_entropy": _mean(entropies),
+        "answer_entropy": shared.get("answer_entropy"),
         "n_distinct": _mean(distinct),
+        "answer_diversity": shared.get("answer_diversity"),
         "response_length_chars": _mean(lengths_chars),
         "response_length_tokens": _mean(lengths_tokens),
         "no_answer_rate": sum(reasons.values()) / n if n else None,
         "no_answer_reasons": dict(reasons),
+        "truncated_no_answer_rate": reasons["truncated"] / n if n else None,
         "abstain_rate": abstained / len(groups) if groups else None,
         "zero_signal_prompt_rate": zero_signal / len(groups) if groups else None,
         "reward": _stats([r.get("reward") for r in scored]),
