@@ -23,13 +23,14 @@ adapters are passed to it by path (hot-swapped).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,42 @@ def _write_manifest(run_dir: Path, config: RunConfig, command: Sequence[str] | N
     )
 
 
+LOCK_FILE = "run.lock"
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while a process runs in it.
+
+    A second ``run`` (or ``--resume``) on the same folder while the first is alive would
+    interleave two writers in one state file; it is refused, naming the holder's pid. The lock
+    is an ``flock`` on ``RUN_DIR/run.lock``: the kernel drops it when the holder exits in any way
+    (``kill -9`` included), so a crashed run never leaves a stale lock behind. Where ``fcntl``
+    does not exist (Windows) runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms this runs on
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"run folder {run_dir} is in use by another selfimprove process (pid {holder}); "
+                "wait for it to finish or stop it, then pass --resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _prepare_run_dir(
     config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
 ) -> RunState:
@@ -204,7 +241,7 @@ def _prepare_run_dir(
             state.data["fingerprint"] = fingerprint
             state.data["finished"] = False
     else:
-        if resume and run_dir.exists() and any(run_dir.iterdir()):
+        if resume and run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
         run_dir.mkdir(parents=True, exist_ok=True)
         state = RunState.new(state_path, fingerprint)
@@ -1145,16 +1182,19 @@ def run(
         )
     out = resolve_run_dir(config, run_dir)
     logger = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    state = _prepare_run_dir(config, out, resume, force, command)
-    runner = _Run(config, out, state, progress, logger, generator=generator)
-    if generator is not None:
-        given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
-        if given != Path(runner.model_path).resolve():
-            raise ConfigError(f"the generator serves {given}, but model.path resolves to {runner.model_path}")
-    try:
-        return runner.run_loop()
-    finally:
-        runner.close()
+    with _run_dir_lock(out):
+        state = _prepare_run_dir(config, out, resume, force, command)
+        runner = _Run(config, out, state, progress, logger, generator=generator)
+        if generator is not None:
+            given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
+            if given != Path(runner.model_path).resolve():
+                raise ConfigError(
+                    f"the generator serves {given}, but model.path resolves to {runner.model_path}"
+                )
+        try:
+            return runner.run_loop()
+        finally:
+            runner.close()
 
 
 __all__ = [
