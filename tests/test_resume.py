@@ -214,34 +214,41 @@ def test_resume_of_non_run_folder(tmp_path):
 
 def test_a_busy_run_folder_is_refused_until_its_process_is_gone(tmp_path):
     """Two processes in one run folder would interleave their writes to state.json: the second is
-    refused with the first one's pid, and a holder killed with SIGKILL leaves no stale lock."""
+    refused with the first one's pid. A holder killed with SIGKILL leaves no stale lock, even
+    while a process it forked (as vLLM forks its engine) lives on with the lock file open."""
     cfg = load_config(_config(tmp_path, tmp_path / "no-model"))
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from selfimprove.loop.runner import _run_dir_lock\n"
-            f"with _run_dir_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    script = (
+        "import os, time; from pathlib import Path; from selfimprove.loop.runner import _run_dir_lock\n"
+        f"with _run_dir_lock(Path({str(run_dir)!r})):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        time.sleep(60); os._exit(0)\n"
+        "    print(child, flush=True); time.sleep(60)"
     )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    forked = int(holder.stdout.readline())
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=rf"in use by another selfimprove process \(pid {holder.pid}\)"):
             run(cfg, run_dir, progress=False, log=lambda m: None)
         with pytest.raises(ConfigError, match="in use"):
             run(cfg, run_dir, resume=True, progress=False, log=lambda m: None)
         assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]  # nothing written
+        holder.kill()
+        holder.wait()
+        os.kill(forked, 0)  # the forked process still lives, with the lock file open
+        # The lock went with its owner: the run gets past it (to the missing model), and a folder
+        # holding only the lock file still counts as empty for --resume.
+        with pytest.raises(InputError, match="model folder not found"):
+            run(cfg, run_dir, resume=True, progress=False, log=lambda m: None)
+        assert (run_dir / "state.json").is_file()
     finally:
         holder.kill()
         holder.wait()
-    # The kernel dropped the lock with the process: the run gets past it (to the missing model),
-    # and a folder holding only the lock file still counts as empty for --resume.
-    with pytest.raises(InputError, match="model folder not found"):
-        run(cfg, run_dir, resume=True, progress=False, log=lambda m: None)
-    assert (run_dir / "state.json").is_file()
+        try:
+            os.kill(forked, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_cli_refusal_exit_code(tmp_path):

@@ -24,6 +24,7 @@ adapters are passed to it by path (hot-swapped).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import platform
@@ -189,9 +190,10 @@ def _run_dir_lock(run_dir: Path) -> Iterator[None]:
 
     A second ``run`` (or ``--resume``) on the same folder while the first is alive would
     interleave two writers in one state file; it is refused, naming the holder's pid. The lock
-    is an ``flock`` on ``RUN_DIR/run.lock``: the kernel drops it when the holder exits in any way
-    (``kill -9`` included), so a crashed run never leaves a stale lock behind. Where ``fcntl``
-    does not exist (Windows) runs are not locked.
+    is a POSIX record lock (``lockf``) on ``RUN_DIR/run.lock``: it belongs to the process, so the
+    kernel drops it when the holder exits in any way (``kill -9`` included) and processes forked
+    from the holder (vLLM's engine) do not inherit it; an engine orphaned by a killed run cannot
+    keep the folder locked. Where ``fcntl`` does not exist (Windows) runs are not locked.
     """
     try:
         import fcntl
@@ -202,8 +204,10 @@ def _run_dir_lock(run_dir: Path) -> Iterator[None]:
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise ConfigError(
                 f"run folder {run_dir} is in use by another selfimprove process (pid {holder}); "
