@@ -274,6 +274,39 @@ def test_report_of_real_run(finished_run):
         assert (finished_run["dir"] / "report" / png).stat().st_size > 5000
 
 
+def test_supervised_baseline_is_rewarded_by_the_gold_verifier_alone(tmp_path, tiny_model_dir):
+    """The SUPERVISED baseline's reward is the gold verifier only: no label-free majority vote is
+    mixed in (the default vote reward stays out when only a gold reward is configured), and SFT
+    keeps exactly the samples whose answer is the gold one."""
+    write_letter_task(tmp_path / "task.jsonl")
+    task_rows = [json.loads(line) for line in (tmp_path / "task.jsonl").read_text().splitlines()]
+    train_gold = {r["id"]: r["answer"] for r in task_rows if r["split"] == "train"}
+    cfg = load_config(
+        letter_config(tmp_path, tiny_model_dir),
+        [
+            "supervised=true",
+            "scoring.rewards=[{name: gold_verifier}]",
+            "data.sft.select=verifier",
+            "data.sft.verifier_key=gold_verifier",
+            "data.sft.min_majority_ratio=0.0",
+            "generation.n=8",
+            "generation.temperature=1.5",
+            "loop.rounds=1",
+        ],
+    )
+    run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    scored = _jsonl(tmp_path / "run" / "round_01" / "scores.jsonl")
+    right = [x["extracted"] is not None and x["extracted"] == train_gold[x["prompt_id"]] for x in scored]
+    assert 0 < sum(right) < len(scored)  # both kinds of samples occur, so the test can tell them apart
+    for rec, ok in zip(scored, right, strict=True):
+        assert set(rec["rewards"]) == {"gold_verifier"}
+        assert rec["rewards"]["gold_verifier"] == float(ok)
+        assert rec["reward"] == float(ok)
+        assert rec["pseudo_label"] is not None or rec["majority_ratio"] == 0.0  # the vote is still recorded
+    rows = _jsonl(tmp_path / "run" / "round_01" / "train_data.jsonl")
+    assert len(rows) == sum(right)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("on_empty", ["skip", "stop"])
 def test_round_without_data(tmp_path, tiny_model_dir, on_empty):

@@ -678,7 +678,9 @@ class _Run:
         scored = score_rollouts(
             rollouts,
             ex_name,
-            label_free or None,
+            # The default (majority-vote agreement) only when no reward is configured at all: a
+            # SUPERVISED run with only gold terms is rewarded by them alone, not vote + gold.
+            label_free if terms else None,
             extractor_options=ex_options,
             min_share=self.cfg.scoring.min_majority_ratio,
             judge_scores=judge_scores,
