@@ -284,7 +284,7 @@ def compute_diagnostics(
         "response_length_tokens": _mean(lengths_tokens),
         "no_answer_rate": sum(reasons.values()) / n if n else None,
         "no_answer_reasons": dict(reasons),
-        "truncated_no_answer_rate": reasons["truncated"] / n if n else None,
+        "truncated_no_answer_rate": shared.get("truncated_no_answer_rate"),
         "abstain_rate": abstained / len(groups) if groups else None,
         "zero_signal_prompt_rate": zero_signal / len(groups) if groups else None,
         "reward": _stats([r.get("reward") for r in scored]),
