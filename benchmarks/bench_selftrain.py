@@ -165,23 +165,36 @@ def plan(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def execute(job: Job, config: str) -> int:
-    """Run one job as a subprocess; its output goes to ``<arm>.log`` beside the run folder and to stdout."""
+def execute(job: Job, config: str, poll_seconds: float = 1.0) -> int:
+    """Run one job as a subprocess writing ``<arm>.log`` beside the run folder; echo the log to stdout.
+
+    The child writes its log file itself and the parent only follows the file, so the run does not
+    depend on the benchmark process: killing the benchmark leaves the run going (it used to die
+    of SIGPIPE at its next write to the parent's pipe), and the run-folder lock keeps a restarted
+    benchmark from writing into it at the same time.
+    """
     job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = job.run_dir.parent / f"{job.arm}.log"
     cmd = job.command(config)
     print(f"\n=== {job.task} seed {job.seed} {job.arm} ({job.status}): {shlex.join(cmd)}", flush=True)
+    prefix = f"[{job.task}/s{job.seed}/{job.arm}] "
     with log_path.open("a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} {shlex.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
-            sys.stdout.write(f"[{job.task}/s{job.seed}/{job.arm}] {line}")
+        start = log.tell()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with log_path.open("r", errors="replace") as follow:
+        follow.seek(start)
+        at_line_start = True
+        while True:
+            done = proc.poll() is not None  # read after the exit too: the last lines
+            for line in follow.read().splitlines(keepends=True):
+                sys.stdout.write((prefix if at_line_start else "") + line)
+                at_line_start = line.endswith(("\n", "\r"))
             sys.stdout.flush()
-        return proc.wait()
+            if done:
+                return proc.returncode
+            time.sleep(poll_seconds)
 
 
 # ---------------------------------------------------------------------------------------------

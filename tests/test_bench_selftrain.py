@@ -120,3 +120,79 @@ def test_run_status(bench, tmp_path):
     assert bench.run_status(tmp_path, "abc") == "resume"  # no summary.json yet
     (tmp_path / "summary.json").write_text("{}")
     assert bench.run_status(tmp_path, "abc") == "done"
+
+
+def test_a_run_writes_its_own_log_and_outlives_a_killed_benchmark(bench, tmp_path):
+    """execute() echoes the run's log with a prefix and returns its exit code; the run does not
+    write through the benchmark process, so killing the benchmark does not kill the run (with the
+    output piped through the parent, the run died of SIGPIPE at its next write)."""
+    import os
+    import signal
+    import subprocess
+    import textwrap
+    import time
+
+    child = tmp_path / "child.py"
+    child.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            print("first line", flush=True)
+            time.sleep(float(sys.argv[1]))
+            print("after the wait", flush=True)
+            open({str(tmp_path / "marker")!r}, "w").write("done")
+            sys.exit(3)
+            """
+        )
+    )
+
+    class FakeJob(bench.Job):
+        def command(self, config):
+            return [sys.executable, str(child), config]
+
+    job = FakeJob("counting", 0, "labelfree", tmp_path / "runs" / "s0" / "labelfree", [], "f", "sft")
+    log = tmp_path / "runs" / "s0" / "labelfree.log"
+
+    # In process: the echo and the exit code.
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = bench.execute(job, "0", poll_seconds=0.05)
+    assert rc == 3
+    assert "[counting/s0/labelfree] first line\n" in out.getvalue()
+    assert "[counting/s0/labelfree] after the wait\n" in out.getvalue()
+    assert log.read_text().count("after the wait") == 1
+    (tmp_path / "marker").unlink()
+
+    # The benchmark killed while its run waits: the run goes on and finishes its log.
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        textwrap.dedent(
+            f"""
+            import importlib.util, sys
+            from pathlib import Path
+            spec = importlib.util.spec_from_file_location("b", {str(_PATH)!r})
+            b = importlib.util.module_from_spec(spec); sys.modules["b"] = b; spec.loader.exec_module(b)
+            class J(b.Job):
+                def command(self, config):
+                    return [sys.executable, {str(child)!r}, config]
+            b.execute(J("counting", 1, "gold", Path({str(tmp_path / "runs" / "s1" / "gold")!r}), [], "f", "sft"), "2")
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log1 = tmp_path / "runs" / "s1" / "gold.log"
+    deadline = time.time() + 60
+    while "first line" not in (log1.read_text() if log1.exists() else "") and time.time() < deadline:
+        time.sleep(0.05)
+    assert "first line" in log1.read_text()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.time() + 60
+    while not (tmp_path / "marker").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "marker").read_text() == "done"
+    assert "after the wait" in log1.read_text()
