@@ -261,6 +261,8 @@ def test_cli_build_base(tmp_path, capsys):
             "sorting",
             "--steps",
             "2",
+            "--max-clean-steps",  # sorting trains until competent: cap that phase
+            "2",
             "--eval-prompts",
             "2",
             "--out",
