@@ -647,52 +647,23 @@ def build_base_model(
 # (always answering the commonest count scores 30.5%): above chance, but its majority knew
 # little more than one sample; clean until greedy 0.75 instead (session 11: 0.81 at step 4000,
 # the same trajectory up to 2500) it ends at pass@1 49%, maj@8 62.5%, pass@8 97.5%, 4750 steps
-# (about 30 minutes alone on one thread). sorting (session 11, same machine): 4 layers, seed 0, bf16 on one
-# thread, clean until greedy 0.75 (0.73 at step 1000, 0.86 at 1500), then 750 half-slipped steps:
-# pass@1 51%, maj@8 79%, pass@8 97%, 2250 steps, about 10 minutes (the fp32 build of session 5
-# was still at greedy 0.2-0.3 after 5000 clean steps: the click moves with the arithmetic).
+# (about 30 minutes alone on one thread). sorting (session 11, same machine): the same recipe
+# with seed 0, clean until greedy 0.75 (0.73 at step 1000, 0.86 at 1500): pass@1 51%, maj@8 79%,
+# pass@8 97%, 2250 steps, about 10 minutes (the fp32 build of session 5 was still at greedy
+# 0.2-0.3 after 5000 clean steps: the click moves with the arithmetic).
+_CLICK_RECIPE: dict[str, Any] = {
+    "num_layers": 4,
+    "steps": 3000,  # with a clean target, steps * (1 - slip_from) = 750 slipped steps follow
+    "slip_rate": 0.5,
+    "slip_from": 0.75,
+    "threads": 1,
+    "precision": "auto",
+}
 RECOMMENDED: dict[str, dict[str, Any]] = {
-    "counting": {
-        "num_layers": 4,
-        "steps": 3000,
-        "slip_rate": 0.5,
-        "slip_from": 0.75,
-        "clean_target": 0.75,
-        "max_clean_steps": 6000,
-        "threads": 1,
-        "precision": "auto",
-    },
-    "arithmetic": {
-        "num_layers": 4,
-        "steps": 3000,
-        "slip_rate": 0.5,
-        "slip_from": 0.75,
-        "clean_target": 0.5,
-        "max_clean_steps": 3000,
-        "threads": 1,
-        "precision": "auto",
-    },
-    "sorting": {
-        "num_layers": 4,
-        "steps": 3000,
-        "slip_rate": 0.5,
-        "slip_from": 0.75,
-        "clean_target": 0.75,
-        "max_clean_steps": 6000,
-        "threads": 1,
-        "precision": "auto",
-    },
-    "string_ops": {
-        "num_layers": 4,
-        "steps": 3000,
-        "slip_rate": 0.5,
-        "slip_from": 0.75,
-        "clean_target": 0.5,
-        "max_clean_steps": 4000,
-        "threads": 1,
-        "precision": "auto",
-        "seed": 3,
-    },
+    "counting": {**_CLICK_RECIPE, "clean_target": 0.75, "max_clean_steps": 6000},
+    "arithmetic": {**_CLICK_RECIPE, "clean_target": 0.5, "max_clean_steps": 3000},
+    "sorting": {**_CLICK_RECIPE, "clean_target": 0.75, "max_clean_steps": 6000},
+    "string_ops": {**_CLICK_RECIPE, "clean_target": 0.5, "max_clean_steps": 4000, "seed": 3},
 }
 
 
