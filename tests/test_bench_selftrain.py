@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
+import os
+import signal
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -126,12 +133,6 @@ def test_a_run_writes_its_own_log_and_outlives_a_killed_benchmark(bench, tmp_pat
     """execute() echoes the run's log with a prefix and returns its exit code; the run does not
     write through the benchmark process, so killing the benchmark does not kill the run (with the
     output piped through the parent, the run died of SIGPIPE at its next write)."""
-    import os
-    import signal
-    import subprocess
-    import textwrap
-    import time
-
     child = tmp_path / "child.py"
     child.write_text(
         textwrap.dedent(
@@ -154,9 +155,6 @@ def test_a_run_writes_its_own_log_and_outlives_a_killed_benchmark(bench, tmp_pat
     log = tmp_path / "runs" / "s0" / "labelfree.log"
 
     # In process: the echo and the exit code.
-    import contextlib
-    import io
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = bench.execute(job, "0", poll_seconds=0.05)
