@@ -25,7 +25,7 @@ def manual_greedy(model, ids, steps):
     out = []
     with torch.no_grad():
         for _ in range(steps):
-            logits = model(torch.tensor([ids])).logits[0, -1]
+            logits = model(torch.tensor([ids], device=model.device)).logits[0, -1]
             nxt = int(logits.argmax())
             out.append(nxt)
             ids.append(nxt)
@@ -60,7 +60,9 @@ def test_stop_string_trims_text_and_sets_stop(hf):
     # Seeded sampling: the tokens before the stop are the same draws with or without the stop.
     base = hf.generate(["hello"], Sampling(max_tokens=20, seed=5))[0][0].text
     # Pick a character that first occurs after position 0 so the trimmed text is non-trivial.
-    k, ch = next((i, x) for i, x in enumerate(base) if i > 0 and base.index(x) == i and x.strip())
+    k, ch = next(
+        (i, x) for i, x in enumerate(base) if i > 0 and base.index(x) == i and x.isascii() and x.strip()
+    )
     out = hf.generate(["hello"], Sampling(max_tokens=20, seed=5, stop=(ch,)))[0][0]
     assert out.text == base[:k]
     assert out.finish_reason == "stop"
@@ -71,7 +73,7 @@ def test_logprobs_equal_model_log_softmax(hf):
     out = hf.generate(["hello"], Sampling(temperature=0, max_tokens=6, logprobs=3))[0][0]
     ids = hf.tokenizer("hello")["input_ids"]
     with torch.no_grad():
-        logits = hf.base(torch.tensor([ids + out.token_ids])).logits[0]
+        logits = hf.base(torch.tensor([ids + out.token_ids], device=hf.base.device)).logits[0].cpu()
     ref = logits.log_softmax(-1)[len(ids) - 1 : -1]
     expected = [float(ref[i, t]) for i, t in enumerate(out.token_ids)]
     assert out.token_logprobs == pytest.approx(expected, abs=1e-4)

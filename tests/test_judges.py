@@ -268,7 +268,7 @@ def test_real_model_logprob_judge_reads_both_orders(hf_judge_generator, tiny_mod
         msgs = judge._prompt(q, first, second)
         _text, ids = render_prompt(gen.tokenizer, msgs)
         with torch.no_grad():
-            probs = gen.base(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
+            probs = gen.base(input_ids=torch.tensor([ids], device=gen.base.device)).logits[0, -1].softmax(-1)
         letter = {c: float(probs[gen.tokenizer.convert_tokens_to_ids(c)]) for c in "ABC"}
         return (letter["A"] + 0.5 * letter["C"]) / sum(letter.values())
 

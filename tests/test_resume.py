@@ -64,7 +64,10 @@ def _state(run_dir: Path) -> dict:
 
 
 def _start(cfg: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     return subprocess.Popen(
         [
             sys.executable,

@@ -34,6 +34,9 @@ def test_three_trainers_under_accelerate_two_processes(tiny_model_dir, tmp_path)
         "HF_HUB_OFFLINE": "1",
         "TRL_EXPERIMENTAL_SILENCE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # Two CPU processes even on a machine with a GPU (the config's MULTI_GPU launcher would
+        # otherwise put both ranks on CUDA devices).
+        "CUDA_VISIBLE_DEVICES": "",
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]

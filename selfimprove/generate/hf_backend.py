@@ -30,17 +30,22 @@ class HFGenerator:
         self,
         model: str | Path,
         *,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "float32",
         batch_size: int = 16,
         trust_remote_code: bool = False,
     ) -> None:
-        """Load the model and tokenizer from a local folder (safetensors only)."""
+        """Load the model and tokenizer from a local folder (safetensors only).
+
+        ``device="auto"``: the first CUDA device when torch sees one, else the CPU.
+        """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model_dir = resolve_model_dir(model)
         self.model = str(model)
         self.device = device

@@ -231,6 +231,7 @@ def run_and_save(
         is_main_process=trainer.is_world_process_zero(),
     )
     metrics = dict(output.metrics)
+    metrics["device"] = str(next(model.parameters()).device)  # where the weights trained (cpu, cuda:0)
     if timer.step_seconds:
         metrics["time/step_s"] = sum(timer.step_seconds) / len(timer.step_seconds)
         history["time/step_s"] = list(timer.step_seconds)
