@@ -69,6 +69,22 @@ def test_stop_string_trims_text_and_sets_stop(hf):
     assert out.completion_tokens < 20
 
 
+def test_stop_string_the_model_did_not_stop_at_trims_the_tokens_too(hf):
+    """A stop found only after decoding (here U+FFFD from a partial UTF-8 byte) trims token_ids too."""
+    stop = Sampling(max_tokens=20, stop=("h",))
+    ids = hf.tokenizer("xyhzw", add_special_tokens=False)["input_ids"]
+    out = hf._completion(ids, 3, stop, None, 0)
+    assert (out.text, out.finish_reason) == ("xy", "stop")
+    assert out.token_ids == ids[:3] and out.completion_tokens == 3  # up to the token holding the stop
+    # Seen on a GPU run: bytes 0xE2 0x85 decode to U+FFFD, which transformers' stop criterion missed.
+    gen = [hf.tokenizer.convert_tokens_to_ids(t) for t in ["h", "â", "ĥ", "Ġ", "0"]]
+    out = hf._completion(gen, 3, Sampling(max_tokens=20, stop=("\ufffd",)), None, 0)
+    assert out.text == "h" and out.token_ids == gen[:2] and out.completion_tokens == 2
+    # No stop string in the text: nothing is cut.
+    out = hf._completion(ids, 3, Sampling(max_tokens=20, stop=("q",)), None, 0)
+    assert out.token_ids == ids and out.text == "xyhzw"
+
+
 def test_logprobs_equal_model_log_softmax(hf):
     out = hf.generate(["hello"], Sampling(temperature=0, max_tokens=6, logprobs=3))[0][0]
     ids = hf.tokenizer("hello")["input_ids"]

@@ -211,6 +211,21 @@ class HFGenerator:
         text_tokens = tokens[:-1] if ended_eos else tokens
         text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)
         text, hit_stop = trim_at_stop(text, sampling.stop)
+        if hit_stop:
+            # transformers stops a row at the token that completes a stop string, but it can miss
+            # one (e.g. a stop string that only appears once partial UTF-8 bytes are decoded):
+            # keep the tokens up to the first whose decoded prefix holds a stop string, as vLLM
+            # does, so token_ids and completion_tokens agree with the trimmed text.
+            lo, hi = 1, len(text_tokens)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                prefix = self.tokenizer.decode(text_tokens[:mid], skip_special_tokens=True)
+                if trim_at_stop(prefix, sampling.stop)[1]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if lo < len(tokens):
+                tokens, ended_eos = tokens[:lo], False
         if ended_eos or hit_stop:
             reason = "stop"
         elif len(tokens) >= sampling.max_tokens:
