@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
+from typing import Any
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,11 +77,27 @@ def _sigterm_raises():
     def _raise(signum: int, frame: object) -> None:
         raise Terminated(f"signal {signum}")
 
+    previous_hook = sys.unraisablehook
+
+    def _redeliver(unraisable: Any) -> None:
+        # Python runs a signal handler at the next bytecode boundary, which can fall inside a
+        # weakref callback or __del__ (seen: importlib's module-lock callback while vLLM starts),
+        # where an exception is printed as "Exception ignored" and dropped: the run went on.
+        # Send SIGTERM again a moment later, from a thread, so it lands in ordinary code.
+        if isinstance(unraisable.exc_value, Terminated):
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+            timer.daemon = True
+            timer.start()
+            return
+        previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGTERM, _raise)
+    sys.unraisablehook = _redeliver
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def main(argv: list[str] | None = None) -> int:
