@@ -18,7 +18,7 @@ from typing import Any
 from selfimprove.errors import InputError
 from selfimprove.score.extract import answers_equal, get_extractor
 from selfimprove.score.rewards import check_no_gold, completion_text, pseudo_label_reward
-from selfimprove.score.vote import majority_vote
+from selfimprove.score.vote import Vote, majority_vote
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,14 @@ def no_answer_reason(record: Mapping[str, Any]) -> str:
 
 
 def group_diagnostics(
-    groups: Mapping[str, Sequence[Mapping[str, Any]]], answers: Mapping[str, Sequence[str | None]]
+    groups: Mapping[str, Sequence[Mapping[str, Any]]],
+    answers: Mapping[str, Sequence[str | None]],
+    votes: Mapping[str, Vote] | None = None,
 ) -> dict[str, float]:
     """Label-free statistics of sampled groups: majority ratio, answer entropy, distinct answers, length.
+
+    ``votes`` (prompt id -> the plain majority vote of its answers) saves voting again when the
+    caller already has them.
 
     ``answer_diversity`` is across prompts: distinct majority answers / prompts (prompts whose
     vote has no answer count in the denominator only). It falls when the majority answer stops
@@ -184,7 +189,7 @@ def group_diagnostics(
     majority_answers: set[str] = set()
     n_samples = 0
     for pid, recs in groups.items():
-        vote = majority_vote(list(answers[pid]))
+        vote = votes[pid] if votes is not None else majority_vote(list(answers[pid]))
         ratios.append(vote.majority_ratio)
         entropies.append(vote.entropy())
         distinct.append(vote.n_distinct)
@@ -258,11 +263,12 @@ def compute_diagnostics(
             reasons[no_answer_reason(rec)] += 1
 
     answers = {pid: [r.get("extracted") for r in recs] for pid, recs in groups.items()}
-    shared = group_diagnostics(groups, answers)
+    votes = {pid: majority_vote(a) for pid, a in answers.items()}
+    shared = group_diagnostics(groups, answers, votes)
     ratios, distinct, zero_signal = [], [], 0
     abstained = 0
     for pid, recs in groups.items():
-        vote = majority_vote(answers[pid])
+        vote = votes[pid]
         # the scorer's own fields win (they may cluster math-equivalent answers)
         ratios.append(recs[0].get("majority_ratio", vote.majority_ratio))
         distinct.append(recs[0].get("n_distinct", vote.n_distinct))
