@@ -27,6 +27,10 @@ started again with the same command. A run folder started with other settings is
 another ``--run-root``). Results: a Markdown file (``--out``) and the raw per-round metrics as JSON
 lines beside it (``<out stem>_raw.jsonl``), both rebuilt from the run folders.
 
+``--gold-from RAW.jsonl`` changes only the label-free recipe against an already measured gold arm:
+the gold runs are not made, their per-round metrics come from that earlier raw file, and the
+comparison is refused unless every seed's round 0 (the base model) is identical in both.
+
     python benchmarks/bench_selftrain.py                                  # demo recipe, seeds 0 1 2
     python benchmarks/bench_selftrain.py --tasks counting arithmetic --rounds 3 --dry-run
     python benchmarks/bench_selftrain.py --seeds 0 --rounds 1 --set task.train_size=16 \\
@@ -231,6 +235,48 @@ def collect(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 }
             )
     return recs
+
+
+def borrowed_gold(path: Path, recs: Sequence[Mapping[str, Any]], jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """The gold arm's records of ``jobs``' tasks and seeds from an earlier raw JSONL.
+
+    Only comparable when both arms start from the same base model and evaluate the same prompts
+    with the same sampling seeds; round 0 (the base model, before any training) is then the same
+    measurement, so every seed's round-0 eval metrics must equal those of this run's label-free arm.
+    """
+    if not path.is_file():
+        raise ValueError("no such file")
+    wanted = {(j.task, j.seed) for j in jobs}
+    gold = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {i}: not JSON ({exc.msg})") from None
+        if r.get("arm") == "gold" and (r.get("task"), r.get("seed")) in wanted:
+            gold.append({**r, "borrowed_from": str(path)})
+    missing = sorted(wanted - {(r["task"], r["seed"]) for r in gold})
+    if missing:
+        raise ValueError(f"no gold-arm rounds for {', '.join(f'{t} seed {s}' for t, s in missing)}")
+    for r in gold:
+        if r["round"] != 0:
+            continue
+        mine = next(
+            (x for x in recs if (x["task"], x["seed"], x["round"]) == (r["task"], r["seed"], 0)), None
+        )
+        if mine is None:
+            continue  # this seed's label-free run has not evaluated the base model yet
+        keys = sorted(k for k in r["metrics"] if k.startswith("eval/") and k in mine["metrics"])
+        diff = [k for k in keys if r["metrics"][k] != mine["metrics"][k]]
+        if not keys or diff:
+            shown = ", ".join(f"{k} {r['metrics'][k]} vs {mine['metrics'][k]}" for k in diff[:3])
+            raise ValueError(
+                f"{r['task']} seed {r['seed']}: round 0 (the base model) differs from this run's "
+                f"({shown or 'no common eval metrics'}): another base model, eval split or sampling seed"
+            )
+    return gold
 
 
 def round_seconds(m: Mapping[str, Any]) -> float | None:
@@ -455,6 +501,13 @@ def render(
     lines.append(
         f"- **Run folders:** `{meta['run_root']}/<task>/s<seed>/<arm>`; raw per-round metrics: `{meta['raw']}`"
     )
+    if meta.get("gold_from"):
+        lines.append(
+            f"- **Gold arm not rerun:** its per-round metrics come from `{meta['gold_from']}` (an earlier "
+            "run of this benchmark; its round 0 equals this run's on every seed: same base model, eval "
+            "prompts and sampling seeds). Its overrides are that file's; the train prompts of each "
+            "round are drawn from the same seeds."
+        )
     lines.append(
         "- Seconds per round = sum of the round's `time/<stage>` (generate, score, build, train, evaluate); "
         "each run starts its own engine, so round 0 (and round 1 of a resumed run) include engine start-up."
@@ -472,9 +525,14 @@ def render(
             lines += [f"## {task}", "", "No finished rounds yet.", ""]
             continue
         lines += task_section(recs, task, kmax, n_seeds, first.gold_rule)
+        gold_text = (
+            f"gold: see `{meta['gold_from']}`"
+            if meta.get("gold_from")
+            else f"gold adds `{' '.join(gold_extra)}`"
+        )
         lines.append(
-            f"Overrides (seed {lf_job.seed} shown; the seed keys change per seed): labelfree `{' '.join(lf_job.overrides)}`; "
-            f"gold adds `{' '.join(gold_extra)}`."
+            f"Overrides (seed {lf_job.seed} shown; the seed keys change per seed): labelfree "
+            f"`{' '.join(lf_job.overrides)}`; {gold_text}."
         )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -537,6 +595,13 @@ def main(argv: list[str] | None = None) -> int:
         "--raw", default=None, help="raw per-round JSONL (default: beside --out, <stem>_raw.jsonl)"
     )
     p.add_argument(
+        "--gold-from",
+        default=None,
+        metavar="RAW.jsonl",
+        help="do not run the gold arm: take its per-round metrics from an earlier raw JSONL of this "
+        "benchmark (same tasks, seeds and base models; refused unless every seed's round 0 equals)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="print the commands (and each run's state) and exit"
     )
     p.add_argument(
@@ -554,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bench_selftrain: {exc}", file=sys.stderr)
         return 2
+    if args.gold_from:
+        jobs = [j for j in jobs if j.arm != "gold"]
     bad = [j for j in jobs if j.status == "mismatch"]
     for j in jobs if args.dry_run else bad:
         print(f"# {j.task} seed {j.seed} {j.arm}: {j.status}")
@@ -583,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
     from selfimprove.loop.config import load_config
 
     recs = collect(jobs)
+    if args.gold_from:
+        try:
+            recs += borrowed_gold(Path(args.gold_from), recs, jobs)
+        except ValueError as exc:
+            print(f"bench_selftrain: --gold-from {args.gold_from}: {exc}", file=sys.stderr)
+            return 2
     out = Path(args.out)
     raw = Path(args.raw) if args.raw else out.with_name(f"{out.stem}_raw.jsonl")
     kmax = {}
@@ -610,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_root": args.run_root,
         "raw": str(raw),
         "kmax": kmax,
+        "gold_from": args.gold_from,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(recs, jobs, meta))

@@ -194,3 +194,35 @@ def test_a_run_writes_its_own_log_and_outlives_a_killed_benchmark(bench, tmp_pat
         time.sleep(0.1)
     assert (tmp_path / "marker").read_text() == "done"
     assert "after the wait" in log1.read_text()
+
+
+def test_gold_arm_borrowed_from_an_earlier_raw_file_only_when_round_0_matches(bench, tmp_path):
+    recs = _records()
+    labelfree = [r for r in recs if r["arm"] == "labelfree"]
+    raw = tmp_path / "earlier_raw.jsonl"
+    # the earlier file also holds another task and its own label-free arm: neither is taken
+    other = [{**r, "task": "sorting"} for r in recs]
+    raw.write_text("".join(json.dumps(r) + "\n" for r in recs + other))
+    jobs = [bench.Job("counting", s, "labelfree", tmp_path / f"s{s}", [], "fp", "sft") for s in (0, 1)]
+    gold = bench.borrowed_gold(raw, labelfree, jobs)
+    assert sorted((r["seed"], r["round"]) for r in gold) == [(s, r) for s in (0, 1) for r in range(3)]
+    assert {r["arm"] for r in gold} == {"gold"} and {r["task"] for r in gold} == {"counting"}
+    assert all(r["borrowed_from"] == str(raw) for r in gold)
+    # the table then compares the arms as if both had run here (same numbers as test_markdown...)
+    text = "\n".join(bench.task_section(labelfree + gold, "counting", kmax=8, n_seeds=2, gold_rule="r"))
+    assert "recovers **56%**" in text
+
+    # another base model (round 0 differs on seed 1): refused, naming the seed and the metric
+    moved = [
+        {**r, "metrics": {**r["metrics"], "eval/pass@1": 0.31}} if (r["seed"], r["round"]) == (1, 0) else r
+        for r in labelfree
+    ]
+    with pytest.raises(ValueError, match=r"counting seed 1: round 0 .*eval/pass@1 0.3 vs 0.31"):
+        bench.borrowed_gold(raw, moved, jobs)
+    # a seed the file does not have
+    jobs.append(bench.Job("counting", 2, "labelfree", tmp_path / "s2", [], "fp", "sft"))
+    with pytest.raises(ValueError, match="no gold-arm rounds for counting seed 2"):
+        bench.borrowed_gold(raw, labelfree, jobs)
+    (tmp_path / "bad.jsonl").write_text('{"arm": "gold"}\nnot json\n')
+    with pytest.raises(ValueError, match="line 2: not JSON"):
+        bench.borrowed_gold(tmp_path / "bad.jsonl", labelfree, jobs)
