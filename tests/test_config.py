@@ -254,3 +254,13 @@ def test_task_instruction_default_follows_the_model(model, instruction, expected
     task = _load_task(validate_config(data))
     prompts, _ = task.make_split("eval", 2, seed=0)
     assert all((INSTRUCTION in p["prompt"][0]["content"]) is expected for p in prompts)
+
+
+def test_the_ground_truth_baseline_has_the_budget_of_its_label_free_twin():
+    """gt_grpo_baseline.yaml is what ttrl_grpo.yaml is measured against "with the same budget":
+    only the reward (and the supervised flag) may differ."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    ttrl, gold = load_config(root / "ttrl_grpo.yaml"), load_config(root / "gt_grpo_baseline.yaml")
+    for section in ("model", "task", "generation", "training", "evaluation", "loop"):
+        assert getattr(gold, section) == getattr(ttrl, section), section
+    assert gold.supervised and not ttrl.supervised
