@@ -244,19 +244,16 @@ def borrowed_gold(path: Path, recs: Sequence[Mapping[str, Any]], jobs: Sequence[
     with the same sampling seeds; round 0 (the base model, before any training) is then the same
     measurement, so every seed's round-0 eval metrics must equal those of this run's label-free arm.
     """
+    from selfimprove.loop._io import read_jsonl
+
     if not path.is_file():
         raise ValueError("no such file")
     wanted = {(j.task, j.seed) for j in jobs}
-    gold = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {i}: not JSON ({exc.msg})") from None
-        if r.get("arm") == "gold" and (r.get("task"), r.get("seed")) in wanted:
-            gold.append({**r, "borrowed_from": str(path)})
+    gold = [
+        {**r, "borrowed_from": str(path)}
+        for r in read_jsonl(path)  # a corrupt line: InputError naming the file and line
+        if r.get("arm") == "gold" and (r.get("task"), r.get("seed")) in wanted
+    ]
     missing = sorted(wanted - {(r["task"], r["seed"]) for r in gold})
     if missing:
         raise ValueError(f"no gold-arm rounds for {', '.join(f'{t} seed {s}' for t, s in missing)}")
@@ -612,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv])
     start = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     load_start = _loadavg()
-    from selfimprove.errors import ConfigError
+    from selfimprove.errors import ConfigError, InputError
 
     try:
         jobs = plan(args)
@@ -653,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gold_from:
         try:
             recs += borrowed_gold(Path(args.gold_from), recs, jobs)
-        except ValueError as exc:
+        except (ValueError, InputError) as exc:
             print(f"bench_selftrain: --gold-from {args.gold_from}: {exc}", file=sys.stderr)
             return 2
     out = Path(args.out)

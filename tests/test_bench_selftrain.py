@@ -224,5 +224,7 @@ def test_gold_arm_borrowed_from_an_earlier_raw_file_only_when_round_0_matches(be
     with pytest.raises(ValueError, match="no gold-arm rounds for counting seed 2"):
         bench.borrowed_gold(raw, labelfree, jobs)
     (tmp_path / "bad.jsonl").write_text('{"arm": "gold"}\nnot json\n')
-    with pytest.raises(ValueError, match="line 2: not JSON"):
+    from selfimprove.errors import InputError
+
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: corrupt JSON line"):
         bench.borrowed_gold(tmp_path / "bad.jsonl", labelfree, jobs)
