@@ -305,6 +305,9 @@ def test_supervised_baseline_is_rewarded_by_the_gold_verifier_alone(tmp_path, ti
         assert rec["pseudo_label"] is not None or rec["majority_ratio"] == 0.0  # the vote is still recorded
     rows = _jsonl(tmp_path / "run" / "round_01" / "train_data.jsonl")
     assert len(rows) == sum(right)
+    # The gold reward is positive exactly for the samples evaluation counts correct.
+    metrics = [m for m in _jsonl(tmp_path / "run" / "metrics.jsonl") if m.get("round") == 1]
+    assert metrics[-1]["train/reward_accuracy"] == 1.0
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selfimprove.errors import ConfigError, InputError, LabelLeakError
@@ -419,3 +421,39 @@ def test_rewards_property_unicode_and_long_inputs():
     for fn in fns:
         assert len(fn(long, prompts=["p"] * 4, pseudo_label=["A"] * 4)) == 4
     assert time.perf_counter() - start < 20.0
+
+
+def test_verifier_reward_check_replaces_math_verify():
+    """math-verify reads lists as sets and strings as products of symbols, so with ``math=True`` an
+    unsorted list or a swapped string would earn the gold reward; a task checker decides exactly."""
+    loose = get_reward("gold_verifier", extractor="answer_is")
+    strict = get_reward("gold_verifier", extractor="answer_is", check=lambda p, g: p == g)
+    done = ["The answer is 10, 23, 45.", "The answer is 23, 10, 45.", "The answer is ACB.", "no answer"]
+    gold = ["10, 23, 45", "10, 23, 45", "ABC", "ABC"]
+    assert loose(done, answer=gold) == [1.0, 1.0, 1.0, 0.0]  # the pitfall, kept visible
+    assert strict(done, answer=gold) == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="check must be callable"):
+        get_reward("gold_verifier", check="exact")
+
+
+@pytest.mark.parametrize("task", ["arithmetic", "counting", "sorting", "string_ops"])
+def test_loop_gold_reward_is_the_task_checker(task):
+    """In the loop the SUPERVISED baseline's reward is 1 exactly where evaluation counts the answer
+    correct: never for a slip (a swapped pair in a sorted list, a typo in a string)."""
+    from selfimprove.loop.config import load_config
+    from selfimprove.loop.runner import _build_rewards
+    from selfimprove.tasks import get_task
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(configs / "gt_grpo_baseline.yaml", [f"task.name={task}"])
+    t = get_task(task)
+    [(name, fn, weight, reads_gold)] = _build_rewards(cfg, t)
+    assert (name, weight, reads_gold) == ("gold_verifier", 1.0, True)
+    problems = t._problems("train", 20, 0, 1)
+    slips = [(p, s) for p in problems for s in p.slips]
+    assert len(slips) >= 20
+    right = fn([p.solution for p in problems], answer=[p.answer for p in problems])
+    assert right == [1.0] * len(problems)
+    wrong = fn([s for _, s in slips], answer=[p.answer for p, _ in slips])
+    expected = [float(t.check(t.extract(s), p.answer)) for p, s in slips]
+    assert wrong == expected == [0.0] * len(slips)

@@ -359,6 +359,11 @@ def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., lis
                 options["extractor"] = ex_name
                 if ex_options:
                     options.setdefault("extractor_options", dict(ex_options))
+        if term.name in SUPERVISED_REWARDS and "math" not in options:
+            # The supervised baseline rewards exactly what evaluation counts as correct (the
+            # task's checker), not math-verify's looser equality (it reads "23, 10, 45" as the
+            # set {10, 23, 45} and "ACB" as the product A*B*C, so it rewarded unsorted lists).
+            options["check"] = task.check
         label = (
             term.name if all(t.name != term.name for t in config.scoring.rewards[:i]) else f"{term.name}_{i}"
         )

@@ -568,6 +568,11 @@ class GoldVerifierReward:
     """SUPERVISED baseline: 1.0 when the extracted answer equals the gold column, else 0.0.
 
     Reads gold labels on purpose; never use it on a label-free path. None where gold is missing.
+    Equality is ``check(extracted, gold)`` when a checker is given (the loop passes its task's own,
+    so the baseline rewards exactly what evaluation counts as correct), else math-verify
+    (``math=True``, for math answers) or plain normalised equality (``math=False``). math-verify
+    reads non-math answers loosely: "23, 10, 45" equals "10, 23, 45" (a set) and "ACB" equals
+    "abc" (a product of symbols), so do not use it for lists or strings.
     """
 
     def __init__(
@@ -577,11 +582,15 @@ class GoldVerifierReward:
         *,
         gold_column: str = "answer",
         math: bool = True,
+        check: Callable[[str | None, str], bool] | None = None,
         name: str = "verifier_reward",
     ) -> None:
+        if check is not None and not callable(check):
+            raise ConfigError(f"reward {name!r}: check must be callable, got {type(check).__name__}")
         self.extract = _extractor_of(extractor, extractor_options)
         self.gold_column = gold_column
         self.math = math
+        self.check = check
         self.__name__ = name
 
     def __call__(self, completions: Sequence[Any], **columns: Any) -> list[float | None]:
@@ -596,7 +605,12 @@ class GoldVerifierReward:
             if normalize_answer(gold) is None:
                 out.append(None)
                 continue
-            out.append(1.0 if answers_equal(self.extract(completion_text(c)), gold, math=self.math) else 0.0)
+            pred = self.extract(completion_text(c))
+            if self.check is not None:
+                ok = pred is not None and bool(self.check(pred, gold))
+            else:
+                ok = answers_equal(pred, gold, math=self.math)
+            out.append(1.0 if ok else 0.0)
         return out
 
 
