@@ -17,6 +17,7 @@ from selfimprove.loop.guard import (
 )
 
 REF = {MAJORITY: 0.5, ENTROPY: 1.0, DISTINCT: 3.0, LENGTH: 40.0, DIVERSITY: 0.8}
+ON = {"min_entropy_ratio": 0.3, "min_distinct_ratio": 0.3}  # the two opt-in rules, at the old defaults
 
 
 def _m(**kw):
@@ -31,10 +32,11 @@ def _m(**kw):
 CASES = [
     (_m(), {}, False, []),
     (_m(maj=0.8, ent=0.6, dis=2.0, len=35.0), {}, False, []),  # healthy sharpening
-    (_m(ent=0.2), {}, True, ["answer entropy fell to 20%"]),
-    (_m(ent=0.31), {}, False, []),  # just above the 30% floor
-    (_m(ent=0.2), {"min_entropy_ratio": None}, False, []),  # rule off
-    (_m(dis=0.6), {}, True, ["distinct answers per prompt fell to 20%"]),
+    (_m(ent=0.2), {}, False, []),  # entropy rule off by default: sharpening is the goal
+    (_m(dis=0.6), {}, False, []),  # distinct-per-prompt rule off by default
+    (_m(ent=0.2), ON, True, ["answer entropy fell to 20%"]),
+    (_m(ent=0.31), ON, False, []),  # just above the 30% floor
+    (_m(dis=0.6), ON, True, ["distinct answers per prompt fell to 20%"]),
     (_m(maj=0.995), {}, True, ["majority ratio saturated at 0.995"]),
     (_m(maj=0.995), {"max_majority_ratio": 0.999}, False, []),
     (_m(len=10.0), {}, True, ["mean completion length fell to 25%"]),
@@ -49,7 +51,8 @@ CASES = [
     (_m(div=0.41), {}, False, []),  # just above half of round 0's
     (_m(div=0.3), {"min_diversity_ratio": None}, False, []),
     (_m(ent=0.2, div=0.8), {"min_entropy_ratio": 0.1}, False, []),  # consistent, still question-dependent
-    (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), {}, True, ["entropy", "distinct", "saturated", "length fell"]),
+    (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), ON, True, ["entropy", "distinct", "saturated", "length fell"]),
+    (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), {}, True, ["saturated", "length fell"]),
 ]
 
 
@@ -71,6 +74,17 @@ def test_saturated_base_is_not_collapse():
 def test_missing_or_zero_reference_turns_rule_off():
     assert not check_collapse({MAJORITY: 0.4, ENTROPY: 0.0}, {MAJORITY: 0.5, ENTROPY: 0.0}).collapsed
     assert not check_collapse({}, _m(ent=0.0, dis=0.0, len=1.0)).collapsed
+
+
+def test_defaults_do_not_flag_measured_sharpening():
+    """Sorting, TTRL seed 2, round 2 (benchmarks/results/selftrain_grpo_sorting_raw.jsonl, session 16):
+    pass@1 rose 77.1 -> 86.7 while entropy fell to 29% of the base model's; the old 30% floor stopped
+    the run there. With the defaults of both check_collapse and GuardConfig it is healthy."""
+    base = {MAJORITY: 0.618, ENTROPY: 0.922, DISTINCT: 3.305, LENGTH: 27.84, DIVERSITY: 0.995}
+    sharpened = {MAJORITY: 0.897, ENTROPY: 0.264, DISTINCT: 1.655, LENGTH: 27.844, DIVERSITY: 0.995}
+    assert not check_collapse(base, sharpened).collapsed
+    assert not check_collapse(base, sharpened, **guard_settings(GuardConfig())).collapsed
+    assert check_collapse(base, sharpened, **ON).collapsed  # what the old defaults did
 
 
 def test_guard_settings_from_config():

@@ -368,14 +368,16 @@ class GuardConfig(_Section):
         "(stops after `max_rollbacks`); `warn` only log.",
     )
     min_entropy_ratio: float | None = Field(
-        0.3,
+        None,
         ge=0,
-        description="Collapse when answer entropy falls below this fraction of round 0's. Null: off.",
+        description="Collapse when answer entropy falls below this fraction of round 0's. Null (default): off, "
+        "since vote-based recipes lower it on purpose.",
     )
     min_distinct_ratio: float | None = Field(
-        0.3,
+        None,
         ge=0,
-        description="Collapse when mean distinct answers per prompt fall below this fraction of round 0's.",
+        description="Collapse when mean distinct answers per prompt fall below this fraction of round 0's. "
+        "Null (default): off, since vote-based recipes lower it on purpose.",
     )
     max_majority_ratio: float | None = Field(
         0.99,

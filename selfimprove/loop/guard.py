@@ -7,6 +7,14 @@ completions shrink or balloon. None of these signals needs a gold label, so the 
 can stop the loop or roll back to the last healthy adapter without touching gold. Thresholds are
 relative to a reference round (round 0, the base model) except the majority-ratio ceiling.
 
+Falling per-prompt answer entropy and fewer distinct answers per prompt are what every vote-based
+recipe trains for (a right answer is one answer), so those two rules are off by default: on the
+recorded benchmark runs (benchmarks/audit_guard.py) a 30% entropy floor flagged 42 rounds, and
+held-out pass@1 rose by more than a point in 36 of them (18 of the 19 it flagged in
+ground-truth-reward baselines). The default rules watch what collapse looks like without
+labels: the same majority answer for different questions, completions that shrink or balloon, and
+a saturated majority ratio.
+
 The best round is chosen without gold too: among rounds the guard did not flag, the one with the
 highest mean majority ratio on the evaluation prompts (agreement of the policy with itself, which
 counts samples without an answer against it). Gold-based metrics are never read here.
@@ -51,8 +59,8 @@ def check_collapse(
     current: Mapping[str, Any],
     *,
     round: int = 0,
-    min_entropy_ratio: float | None = 0.3,
-    min_distinct_ratio: float | None = 0.3,
+    min_entropy_ratio: float | None = None,
+    min_distinct_ratio: float | None = None,
     max_majority_ratio: float | None = 0.99,
     min_length_ratio: float | None = 0.5,
     max_length_ratio: float | None = 3.0,
