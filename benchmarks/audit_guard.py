@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selfimprove.loop.guard import check_collapse  # noqa: E402
+from selfimprove.loop._io import read_jsonl  # noqa: E402
+from selfimprove.loop.config import GuardConfig  # noqa: E402
+from selfimprove.loop.guard import check_collapse, guard_settings  # noqa: E402
 
 # Each rule alone, at the threshold the guard used until session 17 (entropy, distinct) or uses now.
 RULES: dict[str, dict[str, float]] = {
@@ -34,27 +35,14 @@ RULES: dict[str, dict[str, float]] = {
     "max_length_ratio=3.0": {"max_length_ratio": 3.0},
     "min_diversity_ratio=0.5": {"min_diversity_ratio": 0.5},
 }
-OFF = dict.fromkeys(
-    [
-        "min_entropy_ratio",
-        "min_distinct_ratio",
-        "max_majority_ratio",
-        "min_length_ratio",
-        "max_length_ratio",
-        "min_diversity_ratio",
-    ]
-)
+OFF = dict.fromkeys(guard_settings(GuardConfig()))  # every threshold of check_collapse, off
 
 
 def load_runs(results: Path) -> dict[tuple[str, str, str, int], dict[int, dict[str, Any]]]:
     """(file, task, arm, seed) -> round -> metrics, for runs whose rounds carry eval diagnostics."""
     runs: dict[tuple[str, str, str, int], dict[int, dict[str, Any]]] = collections.defaultdict(dict)
     for path in sorted(results.glob("*_raw.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in read_jsonl(path):  # a corrupt line raises, naming file:line
             m = rec.get("metrics") or {}
             if "round" not in rec or "eval/answer_entropy" not in m or "eval/pass@1" not in m:
                 continue

@@ -77,7 +77,7 @@ def test_missing_or_zero_reference_turns_rule_off():
 
 
 def test_defaults_do_not_flag_measured_sharpening():
-    """Sorting, TTRL seed 2, round 2 (benchmarks/results/selftrain_grpo_sorting_raw.jsonl, session 16):
+    """Sorting, TTRL seed 2, round 2 (benchmarks/results/selftrain_grpo_sorting_guard030_raw.jsonl):
     pass@1 rose 77.1 -> 86.7 while entropy fell to 29% of the base model's; the old 30% floor stopped
     the run there. With the defaults of both check_collapse and GuardConfig it is healthy."""
     base = {MAJORITY: 0.618, ENTROPY: 0.922, DISTINCT: 3.305, LENGTH: 27.84, DIVERSITY: 0.995}

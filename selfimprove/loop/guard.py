@@ -9,8 +9,8 @@ relative to a reference round (round 0, the base model) except the majority-rati
 
 Falling per-prompt answer entropy and fewer distinct answers per prompt are what every vote-based
 recipe trains for (a right answer is one answer), so those two rules are off by default: on the
-recorded benchmark runs (benchmarks/audit_guard.py) a 30% entropy floor flagged 42 rounds, and
-held-out pass@1 rose by more than a point in 36 of them (18 of the 19 it flagged in
+recorded benchmark runs (benchmarks/audit_guard.py) a 30% entropy floor flagged 48 rounds, and
+held-out pass@1 rose by more than a point in 40 of them (19 of the 21 it flagged in
 ground-truth-reward baselines). The default rules watch what collapse looks like without
 labels: the same majority answer for different questions, completions that shrink or balloon, and
 a saturated majority ratio.
