@@ -187,14 +187,21 @@ def test_dpo_bad_config():
 
 def test_grpo_prompts_from_scored_and_plain():
     rows, stats = build_grpo_prompts(SCORED)
+    # "c" has no pseudo-label (the vote abstained): every sample would get the same reward.
+    assert [(r["prompt_id"], r["pseudo_label"]) for r in rows] == [("a", "4"), ("b", "7"), ("d", "2")]
+    assert stats.dropped == {"abstained": 1} and stats.prompts_in == 4 and stats.kept == 3
+    rows, stats = build_grpo_prompts(SCORED, drop_abstained=False)
     assert [(r["prompt_id"], r["pseudo_label"]) for r in rows] == [
         ("a", "4"),
         ("b", "7"),
         ("c", None),
         ("d", "2"),
     ]
-    rows, stats = build_grpo_prompts(SCORED, drop_unanimous=True)
+    rows, stats = build_grpo_prompts(SCORED, drop_unanimous=True, drop_abstained=False)
     assert [r["prompt_id"] for r in rows] == ["a", "c", "d"] and stats.dropped["unanimous"] == 1
+    rows, stats = build_grpo_prompts(SCORED, drop_unanimous=True)
+    assert [r["prompt_id"] for r in rows] == ["a", "d"]
+    assert stats.dropped == {"unanimous": 1, "abstained": 1}
     plain = [{"prompt_id": "p1", "prompt": "1+1?", "meta": {"topic": "add"}}]
     rows, _ = build_grpo_prompts(plain, columns=("topic",))
     assert rows == [{"prompt": "1+1?", "prompt_id": "p1", "topic": "add"}]

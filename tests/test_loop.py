@@ -347,6 +347,51 @@ def test_round_without_data(tmp_path, tiny_model_dir, on_empty):
 
 
 @pytest.mark.slow
+def test_ttrl_grpo_round_with_abstaining_vote(tmp_path, tiny_model_dir):
+    """The TTRL path end to end (vote on n, GRPO on n_train, `pseudo_label` reward): prompts whose
+    vote share is under `scoring.min_majority_ratio` abstain and give no GRPO row (before, they were
+    kept with a None label: every sample scored 0, no signal), the others train on the voted label."""
+    write_letter_task(tmp_path / "task.jsonl", n=16)
+    cfg = load_config(
+        letter_config(tmp_path, tiny_model_dir),
+        [
+            "loop.rounds=1",
+            "training.method=grpo",
+            "training.batch_size=4",
+            "training.max_steps=2",
+            "training.trl={beta: 0.0}",
+            "scoring.rewards=[{name: pseudo_label}]",
+            # Any printable character is an answer: the random model then spreads its samples over
+            # many answers and the vote's share ranges from 1/8 upward.
+            "scoring.extractor_options={pattern: '([!-~])', which: first}",
+            "scoring.min_majority_ratio=0.25",
+            "generation.n=8",
+            "generation.n_train=4",
+            "generation.temperature=1.0",
+            "evaluation.base=false",
+            "data={grpo: {columns: [pseudo_label]}}",
+        ],
+    )
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    d = tmp_path / "run" / "round_01"
+    scored = _jsonl(d / "scores.jsonl")
+    by_prompt: dict[str, dict] = {}
+    for rec in scored:
+        by_prompt.setdefault(rec["prompt_id"], rec)
+        assert (rec["pseudo_label"] is None) == (rec["majority_ratio"] < 0.25)
+    voted = {pid: r["pseudo_label"] for pid, r in by_prompt.items() if r["pseudo_label"] is not None}
+    abstained = len(by_prompt) - len(voted)
+    assert 0 < abstained < len(by_prompt)  # both kinds occur, so the test can tell them apart
+    rows = _jsonl(d / "train_data.jsonl")
+    assert {r["prompt_id"]: r["pseudo_label"] for r in rows} == voted
+    stats = json.loads((d / "build_stats.json").read_text())
+    assert stats["dropped"] == {"abstained": abstained} and stats["kept"] == len(voted)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["rounds"]["1"]["train_steps"] == 2
+    assert summary["rounds_completed"] == 1 and (d / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_guard_rollback_then_stop(tmp_path, tiny_model_dir):
     """A guard rule that always fires: round 1 rolls back to the base, round 2 exhausts the rollbacks and stops."""
     write_letter_task(tmp_path / "task.jsonl", n=8)

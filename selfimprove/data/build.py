@@ -344,12 +344,16 @@ def build_grpo_prompts(
     *,
     columns: Sequence[str] = ("pseudo_label",),
     drop_unanimous: bool = False,
+    drop_abstained: bool = True,
 ) -> tuple[list[dict[str, Any]], BuildStats]:
     """One GRPO row per prompt (``prompt``, ``prompt_id`` and the named ``columns``) from scored rollouts or prompts.
 
     ``columns`` are looked up on the record, then in its ``meta``. A gold-named column raises
     ``LabelLeakError``. ``drop_unanimous`` drops prompts whose samples all agree
-    (``majority_ratio`` == 1), which give zero GRPO advantage.
+    (``majority_ratio`` == 1), which give zero GRPO advantage. ``drop_abstained`` (default) drops
+    prompts where a column is present but None: the vote abstained (``scoring.min_majority_ratio``)
+    or found no answer, so a label-agreement reward would give every sample the same value and the
+    prompt would only spend generation time.
     """
     columns = tuple(columns)
     check_no_gold(columns, "build_grpo_prompts columns")
@@ -382,6 +386,9 @@ def build_grpo_prompts(
                 f"build_grpo_prompts: prompt_id={pid!r} has no column {name!r} (looked in the record and its meta); "
                 f"columns asked: {list(columns)}"
             )
+        if drop_abstained and any(row[name] is None for name in columns):
+            stats.dropped["abstained"] += 1
+            continue
         rows.append(row)
     stats.kept = stats.prompts_kept = len(rows)
     return rows, stats
