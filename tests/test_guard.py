@@ -145,3 +145,15 @@ def test_answer_diversity_counts_majority_answers_across_prompts():
     assert d2["answer_entropy"] == 0.0
     ref = {DIVERSITY: d["answer_diversity"]}
     assert check_collapse(ref, {DIVERSITY: d2["answer_diversity"]}).collapsed
+
+
+def test_check_collapse_defaults_are_the_config_defaults():
+    """`check_collapse` called without thresholds applies exactly the loop's default guard: its
+    keyword defaults and `GuardConfig`'s field defaults cannot drift apart (every rule, by name)."""
+    import inspect
+
+    params = inspect.signature(check_collapse).parameters
+    config_defaults = guard_settings(GuardConfig())
+    rules = {name: p.default for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    rules.pop("round")
+    assert rules == config_defaults
