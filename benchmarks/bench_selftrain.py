@@ -69,6 +69,10 @@ def gold_overrides(cfg: Any) -> tuple[list[str], str]:
     """The overrides that turn a label-free config into its SUPERVISED gold-verifier analogue, and a description."""
     method = cfg.training.method
     out = ["supervised=true", f"scoring.rewards=[{{name: {GOLD_REWARD}}}]"]
+    if cfg.scoring.min_majority_ratio > 0:
+        # The gold arm trains on every prompt: a label-free recipe's abstaining vote must not
+        # remove prompts from its ground-truth twin (GRPO drops prompts without a pseudo-label).
+        out.append("scoring.min_majority_ratio=0.0")
     if cfg.scoring.judge is not None:
         out.append("scoring.judge=null")
     if cfg.scoring.paraphrase.enabled:

@@ -118,6 +118,22 @@ def test_gold_overrides_per_method(bench):
         assert getattr(gold, section) == getattr(cfg, section)
 
 
+def test_gold_arm_of_an_abstaining_grpo_recipe_trains_every_prompt(bench):
+    """`--set scoring.min_majority_ratio=0.3` reaches both arms; the gold arm undoes it (its GRPO
+    data would otherwise lose the prompts whose vote abstained), and adds nothing when it is off."""
+    from selfimprove.loop.config import load_config
+
+    ttrl = Path(__file__).resolve().parents[1] / "configs" / "ttrl_grpo.yaml"
+    common = bench.arm_overrides("sorting", "builtin:sorting", 0, None, ["scoring.min_majority_ratio=0.3"])
+    labelfree = load_config(ttrl, common)
+    extra, _what = bench.gold_overrides(labelfree)
+    gold = load_config(ttrl, common + extra)
+    assert labelfree.scoring.min_majority_ratio == 0.3 and gold.scoring.min_majority_ratio == 0.0
+    assert gold.data.grpo == {"columns": ["pseudo_label"]} and gold.supervised
+    plain, _ = bench.gold_overrides(load_config(ttrl))
+    assert not any(o.startswith("scoring.min_majority_ratio") for o in plain)  # old run folders still match
+
+
 def test_run_status(bench, tmp_path):
     assert bench.run_status(tmp_path, "abc") == "new"
     (tmp_path / "state.json").write_text(json.dumps({"fingerprint": "abc", "finished": False}))
