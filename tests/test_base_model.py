@@ -141,8 +141,97 @@ def test_open_ended_clean_phase_ends_when_ready_then_anneals_on_the_slipped_rows
 
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    from selfimprove.models.base_model import build_key
+
     monkeypatch.setenv("SELFIMPROVE_CACHE", str(tmp_path))
-    assert default_base_dir(TINY) == tmp_path / f"base-counting-{TINY.digest()}"
+    assert default_base_dir(TINY) == tmp_path / f"base-counting-{build_key(TINY)}"
+
+
+def test_build_key_covers_what_changes_the_weights(monkeypatch):
+    """A build without AMX (auto -> fp32) and one forced to bf16 get different cache folders; so do
+    two CPUs whose kernels differ, and two thread counts."""
+    import torch
+
+    from selfimprove.models import base_model
+    from selfimprove.models.base_model import build_environment, build_key
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    auto = BaseModelSettings(**{**TINY.__dict__, "precision": "auto", "threads": 1})
+    bf16 = BaseModelSettings(**{**TINY.__dict__, "precision": "bf16", "threads": 1})
+    assert build_environment(auto)["precision_used"] == "fp32"
+    assert build_environment(bf16)["precision_used"] == "bf16"
+    assert default_base_dir(auto) != default_base_dir(bf16)
+    key_no_amx = build_key(auto)
+    # the same settings on a CPU with AMX resolve to bf16: another folder
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert build_environment(auto)["precision_used"] == "bf16" and build_key(auto) != key_no_amx
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert build_key(auto) == key_no_amx  # deterministic on one machine
+    # other vector kernels (AVX2 vs AVX-512) or another thread count: another folder
+    monkeypatch.setattr(base_model, "cpu_capability", lambda: "AVX2")
+    assert build_key(auto) != key_no_amx
+    monkeypatch.undo()
+    assert build_key(BaseModelSettings(**{**TINY.__dict__, "threads": 2})) != build_key(
+        BaseModelSettings(**{**TINY.__dict__, "threads": 1})
+    )
+
+
+def test_shipped_base_models_match_their_digests_and_recipes():
+    """Every shipped model's files hash to the digest in index.json, it is competent, and its
+    recorded settings are the task's recommended recipe (what `build-base` rebuilds)."""
+    from selfimprove.models.base_model import (
+        MODEL_FILES,
+        SHIPPED_DIR,
+        content_digest,
+        recommended_settings,
+        shipped_base_model,
+        shipped_index,
+    )
+    from selfimprove.tasks import TASKS
+
+    index = shipped_index()
+    assert "string_ops" in index  # the demo's model ships
+    assert set(index) <= set(TASKS)
+    for task, entry in index.items():
+        folder = shipped_base_model(task)
+        assert folder == SHIPPED_DIR / task
+        assert content_digest(folder) == entry["content_digest"]
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*MODEL_FILES, INFO_FILE])
+        info = read_info(folder)
+        assert info["competent"] is True and info["metrics"]["n_prompts"] >= 100
+        expected = recommended_settings(task, eval_prompts=info["settings"]["eval_prompts"])
+        assert info["settings"] == expected.__dict__ and info["digest"] == expected.digest()
+        assert (folder / "model.safetensors").stat().st_size < 8_000_000
+
+
+def test_builtin_resolves_to_the_shipped_model_without_a_build(monkeypatch):
+    from selfimprove.models import base_model
+    from selfimprove.models.loading import resolve_model
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("builtin:string_ops must not build")
+
+    monkeypatch.setattr(base_model, "build_base_model", no_build)
+    assert resolve_model("builtin:string_ops") == str(base_model.SHIPPED_DIR / "string_ops")
+    with pytest.raises(InputError, match="unknown task"):
+        resolve_model("builtin:algebra")
+
+
+def test_a_damaged_shipped_model_is_refused(tmp_path):
+    import shutil
+
+    from selfimprove.models.base_model import SHIPPED_DIR, SHIPPED_INDEX, shipped_base_model
+
+    root = tmp_path / "base_models"
+    root.mkdir()
+    shutil.copytree(SHIPPED_DIR / "string_ops", root / "string_ops")
+    shutil.copyfile(SHIPPED_DIR / SHIPPED_INDEX, root / SHIPPED_INDEX)
+    assert shipped_base_model("string_ops", root) == root / "string_ops"
+    cfg = root / "string_ops" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"num_hidden_layers": 4', '"num_hidden_layers": 3'))
+    with pytest.raises(InputError, match="does not match its recorded digest"):
+        shipped_base_model("string_ops", root)
+    assert shipped_base_model("sorting", tmp_path / "nothing") is None
 
 
 @pytest.mark.slow
@@ -261,8 +350,8 @@ def test_cli_build_base(tmp_path, capsys):
             "sorting",
             "--steps",
             "2",
-            "--max-clean-steps",  # sorting trains until competent: cap that phase
-            "2",
+            "--clean-target",  # a fixed schedule: no competence probe, so the build is usable
+            "0",
             "--eval-prompts",
             "2",
             "--out",
@@ -276,15 +365,25 @@ def test_cli_build_base(tmp_path, capsys):
     assert str(out) in printed and "pass@1" in printed
     assert read_info(out)["settings"]["task"] == "sorting"
     # Train until competent: an untrained model never reaches 100% on the probes, so the clean
-    # phase runs to its cap, then the slipped steps follow, and the build says it fell short.
+    # phase runs to its cap, then the slipped steps follow, and the build says plainly that the
+    # result is not a usable base model (exit 1); loading it as a model is refused.
     args = ["build-base", "--task", "sorting", "--steps", "4", "--eval-prompts", "0", "--out", str(out)]
-    assert main([*args, "--clean-target", "1.0", "--max-clean-steps", "3", "--force", "--threads", "1"]) == 0
+    assert main([*args, "--clean-target", "1.0", "--max-clean-steps", "3", "--force", "--threads", "1"]) == 1
     info = read_info(out)
     assert info["settings"]["clean_target"] == 1.0 and info["competent"] is False
     slipped = 4 - int(4 * info["settings"]["slip_from"])
     assert info["clean_steps"] == 3 and info["steps_done"] == 3 + slipped
     assert [p["step"] for p in info["probes"]] == [3] and info["probes"][0]["greedy"] < 1.0
-    assert "stayed below --clean-target 1.0" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "NOT a usable base model" in err and "below --clean-target 1.0" in err
+    from selfimprove.models.loading import resolve_model
+
+    with pytest.raises(InputError, match="is not a usable base model"):
+        resolve_model(str(out))
+    # the demo refuses to present it as a result, before creating its run folder
+    demo_out = tmp_path / "demo"
+    assert main(["demo", "--set", f"model.path={out}", "--out", str(demo_out), "--no-progress"]) == 2
+    assert "is not a usable base model" in capsys.readouterr().err and not demo_out.exists()
     assert main(["build-base", "--task", "sorting", "--hidden-size", "100"]) == 2
     assert main(["build-base", "--task", "sorting", "--layers", "0"]) == 2
 
@@ -301,7 +400,8 @@ def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
     # string_ops trains until competent; cap that phase at 2 steps so the test stays short
     args = ["build-base", "--task", "string_ops", "--steps", "2", "--max-clean-steps", "2"]
     args += ["--eval-prompts", "0", "--out", str(out)]
-    assert main(args) == 0  # the recommended thread count (1) is a setting like the others
+    # 2 clean steps never reach the target: the build finishes but is not usable (exit 1)
+    assert main(args) == 1  # the recommended thread count (1) is a setting like the others
     info = read_info(out)
     assert info["settings"]["num_layers"] == RECOMMENDED["string_ops"]["num_layers"] == 4
     assert info["settings"]["clean_target"] == RECOMMENDED["string_ops"]["clean_target"] > 0
@@ -312,7 +412,7 @@ def test_cli_build_base_keeps_the_recommended_depth(tmp_path):
     assert info["settings"]["seed"] == RECOMMENDED["string_ops"]["seed"]  # not the CLI's
     assert info["settings"]["precision"] == RECOMMENDED["string_ops"]["precision"]
     before = torch.get_num_threads()
-    assert main([*args, "--layers", "3", "--threads", "2", "--force"]) == 0
+    assert main([*args, "--layers", "3", "--threads", "2", "--force"]) == 1
     assert torch.get_num_threads() == before  # the build's thread count does not leak out
     info3 = read_info(out)
     assert info3["settings"]["num_layers"] == 3 and info3["threads_used"] == 2
@@ -362,3 +462,31 @@ def test_stale_temp_folders_of_dead_builds_are_removed(tmp_path):
         d.mkdir()
     _remove_stale_temps(target)
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_build_base_on_a_user_jsonl_task(tmp_path, capsys):
+    """`build-base --task FILE.jsonl` trains on the file's base rows and measures on its eval rows."""
+    from transformers import AutoModelForCausalLM
+
+    from selfimprove.cli import main
+    from selfimprove.models.base_model import recommended_settings
+
+    words = ["abc", "dog", "cat", "sun", "map", "pen", "cup", "box", "hat", "jam", "kit", "log"]
+    rows = [{"prompt": f"Reverse '{w}'.", "answer": w[::-1], "split": "base"} for w in words]
+    rows += [{"prompt": f"Reverse '{w}'.", "answer": w[::-1], "split": "eval"} for w in ("xyz", "qrs")]
+    path = tmp_path / "reverse.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "m"
+    args = ["build-base", "--task", str(path), "--steps", "4", "--clean-target", "0", "--layers", "1"]
+    assert main([*args, "--eval-prompts", "2", "--out", str(out), "--threads", "1"]) == 0
+    info = read_info(out)
+    assert info["settings"]["task"] == str(path) and info["competent"] is True
+    assert info["metrics"]["n_prompts"] == 2.0  # the file's two eval rows
+    assert "pass@1" in capsys.readouterr().out
+    assert AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 1
+    # the file's rows are part of the recipe: another file, another digest
+    s = recommended_settings(str(path), steps=4, clean_target=0.0, num_layers=1)
+    before = s.digest()
+    path.write_text(path.read_text().replace("dog", "fog"))
+    assert s.digest() != before

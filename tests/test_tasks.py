@@ -319,3 +319,52 @@ def test_jsonl_task_unknown_extractor_and_missing_file(tmp_path):
         jsonl_task(path, extractor="boxd")
     with pytest.raises(InputError, match="not found"):
         jsonl_task(tmp_path / "nope.jsonl")
+
+
+def _base_rows_file(tmp_path, n_base=12):
+    rows = [
+        {"prompt": f"Reverse '{w}'.", "answer": w[::-1], "split": "base"}
+        for w in ("abc", "dog", "cat", "sun", "map", "pen", "cup", "box", "hat", "jam", "kit", "log")[:n_base]
+    ]
+    rows[0]["completion"] = "abc backwards is cba. The answer is cba."
+    rows += [{"prompt": "Reverse 'xyz'.", "answer": "zyx", "split": "eval"}, {"prompt": "Reverse 'qrs'."}]
+    path = tmp_path / "reverse.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_jsonl_base_rows_become_demonstrations(tmp_path):
+    """A user task's base rows (gold and worked solutions kept apart) are build-base's material."""
+    task = jsonl_task(_base_rows_file(tmp_path))
+    demos = task.make_demonstrations(100, seed=0)
+    assert len(demos) == 12  # at most the base rows, never repeats
+    by_prompt = {d["prompt"][0]["content"]: d["completion"] for d in demos}
+    assert by_prompt["Reverse 'abc'."] == "abc backwards is cba. The answer is cba."
+    assert by_prompt["Reverse 'dog'."] == "The answer is god."
+    assert all(d["prompt"][0]["role"] == "user" for d in demos)
+    # worked solutions never reach the records the loop reads
+    assert all("completion" not in r["meta"] for r in task.records)
+    # slips: that share of rows shows another base row's answer, same prompts
+    slipped = task.make_demonstrations(100, seed=0, slip_rate=0.5)
+    assert [d["prompt"] for d in slipped] == [d["prompt"] for d in demos]
+    changed = [(a, b) for a, b in zip(demos, slipped, strict=True) if a["completion"] != b["completion"]]
+    assert 2 <= len(changed) <= 10
+    golds = {
+        w[::-1] for w in ("abc", "dog", "cat", "sun", "map", "pen", "cup", "box", "hat", "jam", "kit", "log")
+    }
+    for a, b in changed:
+        wrong = task.extract(b["completion"])
+        assert wrong in golds and wrong != task.extract(a["completion"])
+
+
+def test_jsonl_completion_only_on_base_rows_and_base_rows_needed(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "q", "answer": "1", "split": "train", "completion": "The answer is 1."}) + "\n"
+    )
+    with pytest.raises(InputError, match=r"bad.jsonl:1: a 'completion' .* only allowed on 'base' rows"):
+        jsonl_task(bad)
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps({"prompt": "q", "answer": "1", "split": "eval"}) + "\n")
+    with pytest.raises(InputError, match="no 'base' rows with a gold answer"):
+        jsonl_task(none).make_demonstrations(4)

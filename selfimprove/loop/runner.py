@@ -46,6 +46,7 @@ from selfimprove.loop._io import (
 )
 from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
+from selfimprove.models.loading import resolve_model
 
 STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
 STATE_FILE = "state.json"
@@ -253,23 +254,6 @@ def _prepare_run_dir(
     _write_manifest(run_dir, config, command, resumed=resume and state_path.exists())
     state.save()
     return state
-
-
-def resolve_model(path: str, progress: bool = True) -> str:
-    """A model folder from ``model.path``; ``builtin:<task>`` builds or reuses the embedded base model."""
-    if path.startswith("builtin:"):
-        task = path.split(":", 1)[1] or "arithmetic"
-        try:
-            from selfimprove.models import base_model
-        except ImportError as exc:
-            raise ConfigError(
-                f"model.path {path!r}: the embedded base model builder (selfimprove.models.base_model) "
-                "is not available in this installation; give a model folder instead"
-            ) from exc
-        return str(base_model.ensure_base_model(task=task, progress=progress))
-    from selfimprove.models.loading import resolve_model_dir
-
-    return str(resolve_model_dir(path))
 
 
 def _load_task(config: RunConfig):

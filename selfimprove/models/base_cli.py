@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from selfimprove.models.base_model import PRECISIONS, BaseModelSettings
 
@@ -15,7 +16,12 @@ from selfimprove.models.base_model import PRECISIONS, BaseModelSettings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``selfimprove build-base``."""
     d = BaseModelSettings()
-    parser.add_argument("--task", default=d.task, help=f"bundled task to pre-train on (default {d.task})")
+    parser.add_argument(
+        "--task",
+        default=d.task,
+        help=f"bundled task to pre-train on (default {d.task}), or a JSONL task file: its rows with "
+        '"split": "base" (prompt, answer, optional worked solution in "completion") are the training data',
+    )
     parser.add_argument("--level", type=int, default=d.level, help=f"task difficulty 1-3 (default {d.level})")
     parser.add_argument(
         "--out", default=None, help="model folder (default: the cache folder for these settings)"
@@ -81,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the weights (default: the task's recommended count, else torch's choice)",
     )
     parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="(maintainers) copy the finished, competent build into the package's shipped models "
+        "(selfimprove/models/base_models/<task>/) and record its content digest",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -124,19 +136,58 @@ def run(args: argparse.Namespace) -> int:
     settings = recommended_settings(args.task, **overrides)
     path = build_base_model(settings, args.out, force=args.force)
     info = read_info(path) or {}
-    m = info.get("metrics") or {}
-    k = settings.eval_samples
     print(path)
-    if m:
-        print(
-            f"pass@1 {m['pass@1']:.3f}  maj@{k} {m[f'maj@{k}']:.3f}  pass@{k} {m[f'pass@{k}']:.3f}  "
-            f"(T={settings.eval_temperature}, {int(m['n_prompts'])} held-out prompts)"
-        )
+    print(_metrics_line(info, settings.eval_samples, settings.eval_temperature, "this build"))
     keys = ("parameters", "train_seconds", "steps_done", "clean_steps", "competent")
     print(json.dumps({key: info.get(key) for key in keys}))
+    _compare_with_shipped(path, info, settings)
     if info.get("competent") is False:
+        probes = info.get("probes") or [{}]
         print(
-            f"warning: greedy accuracy on the probes stayed below --clean-target {settings.clean_target} "
-            f"after {settings.max_clean_steps} clean steps (raise --max-clean-steps or --layers)"
+            f"selfimprove build-base: NOT a usable base model: greedy accuracy on the probes stayed at "
+            f"{probes[-1].get('greedy')}, below --clean-target {settings.clean_target}, after "
+            f"{info.get('clean_steps')} clean steps (the task never clicked); raise --max-clean-steps "
+            "or --layers, or try another --seed. `builtin:` and the demo refuse this folder.",
+            file=sys.stderr,
         )
+        return 1
+    if args.ship:
+        from selfimprove.models.base_model import ship_base_model
+
+        print(f"shipped: {ship_base_model(path)}")
     return 0
+
+
+def _metrics_line(info: dict, k: int, temperature: float, label: str) -> str:
+    m = info.get("metrics") or {}
+    if not m:
+        return f"{label}: not measured (--eval-prompts 0)"
+    return (
+        f"{label}: pass@1 {m['pass@1']:.3f}  maj@{k} {m[f'maj@{k}']:.3f}  pass@{k} {m[f'pass@{k}']:.3f}  "
+        f"(T={temperature}, {int(m['n_prompts'])} held-out prompts)"
+    )
+
+
+def _compare_with_shipped(path, info: dict, settings) -> None:
+    """Say how this build compares with the model the package ships for the same task."""
+    from selfimprove.models.base_model import content_digest, read_info, shipped_base_model
+
+    shipped = shipped_base_model(settings.task)
+    if shipped is None or shipped.resolve() == path.resolve():
+        return
+    ref = read_info(shipped) or {}
+    same_recipe = ref.get("digest") == info.get("digest")
+    print(
+        f"shipped model ({shipped}): built on {ref.get('cpu')} "
+        f"({(ref.get('environment') or {}).get('cpu_capability')}, {ref.get('precision_used')})"
+    )
+    print(_metrics_line(ref, settings.eval_samples, settings.eval_temperature, "shipped model"))
+    if content_digest(path) == content_digest(shipped):
+        print("this build's weights are identical to the shipped model's")
+    elif same_recipe:
+        print(
+            "this build follows the shipped model's recipe but its weights differ (another CPU's "
+            "arithmetic: kernels, precision or thread count); `builtin:` keeps using the shipped one"
+        )
+    else:
+        print("this build uses other settings than the shipped model's recipe")

@@ -9,9 +9,18 @@ trained with supervised next-token loss on worked solutions from the task's "bas
 slip (``slip_rate``), so the model learns the task but, sampled, makes mistakes about that often:
 its most likely answer is mostly right while single samples often are not, which is the regime
 label-free self-training can improve. Everything is seeded; the result is cached under
-``$SELFIMPROVE_CACHE`` (default ``~/.cache/selfimprove``) in ``base-<task>-<settings hash>/`` and
+``$SELFIMPROVE_CACHE`` (default ``~/.cache/selfimprove``) in ``base-<task>-<build key>/`` and
 written atomically (temporary folder, then rename), with ``base_model.json`` recording the settings
 and the measured sampled pass@1 / maj@k / pass@k on held-out eval prompts.
+
+The weights a build produces depend on the machine as well as on the settings: the CPU's vector
+kernels and the precision change the order of floating-point sums, and the step at which a task
+"clicks" moves with them. So the build key hashes the settings *and* the build environment
+(precision actually used, thread count, torch version, torch's CPU capability), and the bundled
+tasks' models ship with the package (``selfimprove/models/base_models/<task>/``, listed with a
+content digest in ``index.json``): ``builtin:<task>`` is the same model on every machine and needs
+no build. ``selfimprove build-base`` still rebuilds a model from scratch and compares it with the
+shipped one.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ log = logging.getLogger(__name__)
 
 INFO_FILE = "base_model.json"
 # Bumped when the training procedure changes, so stale caches are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _builder_fingerprint() -> str:
@@ -150,6 +159,10 @@ class BaseModelSettings:
         """A short hash of the settings that determine the weights (and the procedure's version)."""
         # The measurement settings do not change the weights: a model measured differently is reused.
         weights = {k: v for k, v in asdict(self).items() if k not in _MEASURE_FIELDS}
+        if is_task_file(self.task):  # a user task: its rows are part of the recipe
+            weights["task_file_sha256"] = hashlib.sha256(
+                Path(self.task).expanduser().read_bytes()
+            ).hexdigest()
         payload = json.dumps(
             {"version": FORMAT_VERSION, "builder": _builder_fingerprint(), **weights}, sort_keys=True
         )
@@ -167,14 +180,55 @@ class BaseModelSettings:
         return cls(**data)
 
 
+def is_task_file(task: str) -> bool:
+    """Whether ``task`` names a user JSONL task file rather than a bundled task."""
+    return task.endswith(".jsonl") or Path(task).expanduser().is_file()
+
+
+def _task_label(task: str) -> str:
+    return Path(task).stem if is_task_file(task) else task
+
+
 def default_cache_dir() -> Path:
     """``$SELFIMPROVE_CACHE`` or ``~/.cache/selfimprove``."""
     return Path(os.environ.get("SELFIMPROVE_CACHE") or Path.home() / ".cache" / "selfimprove").expanduser()
 
 
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use here (e.g. ``AVX512``, ``AVX2``)."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older torch: the ISA is unknown, so say so rather than guess
+        return "unknown"
+
+
+def build_environment(settings: BaseModelSettings) -> dict[str, Any]:
+    """What besides the settings changes the weights of a build on this machine."""
+    import torch
+
+    return {
+        "precision_used": resolve_precision(settings.precision),
+        "threads_used": settings.threads or torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "cpu_capability": cpu_capability(),
+    }
+
+
+def build_key(settings: BaseModelSettings) -> str:
+    """A short hash of the settings and this machine's build environment: the cache folder's key.
+
+    Two builds with the same key give the same weights; a build with ``precision: auto`` on a CPU
+    with AMX (bf16) and one without (fp32) get different keys, as do AVX2 and AVX-512 machines.
+    """
+    payload = json.dumps({"settings": settings.digest(), **build_environment(settings)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
 def default_base_dir(settings: BaseModelSettings) -> Path:
-    """Where the base model for ``settings`` is cached."""
-    return default_cache_dir() / f"base-{settings.task}-{settings.digest()}"
+    """Where the base model for ``settings`` is cached when built on this machine."""
+    return default_cache_dir() / f"base-{_task_label(settings.task)}-{build_key(settings)}"
 
 
 def read_info(model_dir: str | Path) -> dict[str, Any] | None:
@@ -436,8 +490,9 @@ def _build_into(folder: Path, s: BaseModelSettings, progress: bool) -> dict[str,
 
     from selfimprove.tasks import get_task
 
-    # The embedded model sees the bundled prompts without the answer-format instruction.
-    task = get_task(s.task, instruction=False)
+    # The embedded model sees the bundled prompts without the answer-format instruction (a user
+    # task's prompts are used as written).
+    task = get_task(s.task) if is_task_file(s.task) else get_task(s.task, instruction=False)
     prev_threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -521,6 +576,8 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
     late_steps = s.steps - int(s.slip_from * s.steps)
     model.save_pretrained(str(folder), safe_serialization=True)
     t1 = time.time()
+    # A user task without eval rows (gold) cannot be measured: the build record says so.
+    has_eval = s.eval_prompts > 0 and bool(task.make_split("eval", 1, seed=s.seed, level=s.level)[1])
     metrics = (
         measure(
             model,
@@ -534,13 +591,15 @@ def _train_and_measure(folder: Path, s: BaseModelSettings, progress: bool, task:
             seed=s.seed,
             progress=progress,
         )
-        if s.eval_prompts > 0
+        if has_eval
         else {}
     )
     tail = losses[-20:] or [float("nan")]
     return {
         "format_version": FORMAT_VERSION,
         "digest": s.digest(),
+        "build_key": build_key(s),
+        "environment": build_environment(s),
         "settings": asdict(s),
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": sum(tail) / len(tail),
@@ -597,21 +656,30 @@ def build_base_model(
     interrupted build never leaves a half-written model where a later run would reuse it.
     """
     s = settings or BaseModelSettings()
-    from selfimprove.tasks import TASKS
+    from selfimprove.tasks import TASKS, get_task
 
-    if s.task not in TASKS:
-        raise InputError(f"build-base: unknown task {s.task!r}; bundled tasks: {', '.join(TASKS)}")
+    if is_task_file(s.task):
+        get_task(s.task).make_demonstrations(1)  # a bad file fails now (file and line), not mid-build
+    elif s.task not in TASKS:
+        raise InputError(
+            f"build-base: unknown task {s.task!r}; bundled tasks: {', '.join(TASKS)}, or a .jsonl file "
+            "with 'base' rows"
+        )
     target = Path(out).expanduser() if out is not None else default_base_dir(s)
+    key = build_key(s)
     info = read_info(target)
-    if info is not None and info.get("digest") == s.digest() and not force:
+    if info is not None and info.get("build_key") == key and not force:
         log.info("reusing the base model in %s", target)
         return target
     if target.exists() and info is None and any(target.iterdir()):
         raise InputError(f"build-base: {target} exists and is not a base-model folder; choose another --out")
-    if info is not None and info.get("digest") != s.digest() and not force:
+    if info is not None and info.get("build_key") != key and not force:
+        what = (
+            "other settings" if info.get("digest") != s.digest() else "the same settings on another machine"
+        )
         raise InputError(
-            f"build-base: {target} holds a base model built with other settings "
-            f"(digest {info.get('digest')} != {s.digest()}); pass --force to replace it"
+            f"build-base: {target} holds a base model built with {what} "
+            f"(build key {info.get('build_key')} != {key}); pass --force to replace it"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
@@ -632,44 +700,60 @@ def build_base_model(
     return target
 
 
-# Per-task settings of the demo base model (measured in benchmarks/results/base_model_search.md).
-# string_ops (the demo's): 4 layers; clean solutions at the peak lr until greedy accuracy on
-# held-out base problems reaches 0.5 (the task has "clicked"; 750 steps for seed 3 on one thread
-# of an Intel Xeon with bf16 autocast), then 750 steps with half the solutions slipped and the lr
-# annealed: pass@1 36%, maj@8 64%, pass@8 81%, about 4.5 minutes. Seed, precision and thread count
-# are pinned because the step where the task clicks moves with them (seed 0 in bf16 on one thread
-# had not clicked by step 1500, seed 3 clicked at 300-400; in fp32 seed 0 needed 1750 steps to
-# reach 0.8); `auto` precision is fp32 on CPUs without AMX, where the trajectory is another one.
-# arithmetic and counting (session 9, same machine): the string_ops recipe (4 layers, clean until
-# greedy 0.5, then 750 half-slipped steps; seed 0, bf16 on one thread). Arithmetic, with its
-# worked solutions in columns, clicked at step 1000 (greedy 0.70): pass@1 49%, maj@8 77%, pass@8
-# 100%, 1750 steps. Counting reached greedy 0.52 at step 2500: pass@1 38%, maj@8 45%, pass@8 90%
-# (always answering the commonest count scores 30.5%): above chance, but its majority knew
-# little more than one sample; clean until greedy 0.75 instead (session 11: 0.81 at step 4000,
-# the same trajectory up to 2500) it ends at pass@1 49%, maj@8 62.5%, pass@8 97.5%, 4750 steps
-# (about 30 minutes alone on one thread). sorting (session 11, same machine): the same recipe
-# with seed 0, clean until greedy 0.75 (0.73 at step 1000, 0.86 at 1500): pass@1 51%, maj@8 79%,
-# pass@8 97%, 2250 steps, about 10 minutes (the fp32 build of session 5 was still at greedy
-# 0.2-0.3 after 5000 clean steps: the click moves with the arithmetic).
+# Per-task recipes of the embedded base models: the settings the shipped models were built with
+# (selfimprove/models/base_models/index.json records each build's CPU and measured accuracy), and
+# what `selfimprove build-base --task <task>` rebuilds. Every task: 4 layers; clean solutions at
+# the peak lr until greedy accuracy on held-out base problems reaches `clean_target` (the task has
+# "clicked"), then 750 steps with half the solutions slipped while the lr anneals. float32 on one
+# thread: a bf16 build depends on the CPU having bf16 units, and the step at which a task clicks
+# moves with the arithmetic anyway (AMX vs AVX-512 vs AVX2, thread count), so the seed of each
+# recipe is the one whose fp32 build clicked on the machine the shipped model was built on
+# (benchmarks/results/base_model_search.md). On another CPU a rebuild follows another trajectory
+# and may click later or never; `builtin:<task>` uses the shipped model and never rebuilds.
 _CLICK_RECIPE: dict[str, Any] = {
     "num_layers": 4,
     "steps": 3000,  # with a clean target, steps * (1 - slip_from) = 750 slipped steps follow
     "slip_rate": 0.5,
     "slip_from": 0.75,
     "threads": 1,
-    "precision": "auto",
+    "precision": "fp32",
 }
 RECOMMENDED: dict[str, dict[str, Any]] = {
     "counting": {**_CLICK_RECIPE, "clean_target": 0.75, "max_clean_steps": 6000},
     "arithmetic": {**_CLICK_RECIPE, "clean_target": 0.5, "max_clean_steps": 3000},
     "sorting": {**_CLICK_RECIPE, "clean_target": 0.75, "max_clean_steps": 6000},
-    "string_ops": {**_CLICK_RECIPE, "clean_target": 0.5, "max_clean_steps": 4000, "seed": 3},
+    "string_ops": {**_CLICK_RECIPE, "clean_target": 0.5, "max_clean_steps": 4000, "seed": 1},
 }
 
 
+# A user JSONL task: the same recipe, trained until greedy accuracy 0.5 on held-out base rows.
+USER_TASK_RECIPE: dict[str, Any] = {**_CLICK_RECIPE, "clean_target": 0.5, "max_clean_steps": 4000}
+
+
 def recommended_settings(task: str = "counting", **overrides: Any) -> BaseModelSettings:
-    """The demo's base-model settings for ``task`` (see ``RECOMMENDED``), with overrides applied."""
-    return BaseModelSettings.from_dict({"task": task, **RECOMMENDED.get(task, {}), **overrides})
+    """The base-model settings for ``task`` (``RECOMMENDED``, or ``USER_TASK_RECIPE`` for a JSONL file)."""
+    recipe = USER_TASK_RECIPE if is_task_file(task) else RECOMMENDED.get(task, {})
+    return BaseModelSettings.from_dict({"task": task, **recipe, **overrides})
+
+
+def check_competent(model_dir: str | Path) -> None:
+    """Raise when ``model_dir`` holds a base model whose build never became competent.
+
+    A build whose clean phase ended at its step cap without reaching ``clean_target`` is not a
+    usable base model: its majority vote knows too little for label-free training to show
+    anything. Folders without ``base_model.json`` (any other model) pass.
+    """
+    info = read_info(model_dir)
+    if info is None or info.get("competent") is not False:
+        return
+    s = info.get("settings") or {}
+    probes = info.get("probes") or [{}]
+    raise InputError(
+        f"{model_dir} is not a usable base model: its greedy accuracy on held-out base-split "
+        f"problems stayed at {probes[-1].get('greedy')} (< clean_target {s.get('clean_target')}) "
+        f"after {info.get('clean_steps')} clean steps; rebuild it with more steps "
+        "(`selfimprove build-base --max-clean-steps ...`) or use the shipped model (`builtin:<task>`)"
+    )
 
 
 def ensure_base_model(
@@ -680,5 +764,118 @@ def ensure_base_model(
     progress: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Build the recommended base model for ``task`` or reuse the cached one; returns its folder."""
-    return build_base_model(recommended_settings(task, **overrides), out, force=force, progress=progress)
+    """Build the recommended base model for ``task`` or reuse the cached one; returns its folder.
+
+    Raises :class:`InputError` when the build did not become competent (see :func:`check_competent`).
+    """
+    path = build_base_model(recommended_settings(task, **overrides), out, force=force, progress=progress)
+    check_competent(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped base models: the bundled tasks' models inside the package, the same on every machine
+# ---------------------------------------------------------------------------------------------
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "base_models"
+SHIPPED_INDEX = "index.json"
+# The files that make the model; base_model.json (the build record) is not part of its identity.
+MODEL_FILES = (
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def content_digest(folder: str | Path) -> str:
+    """SHA-256 over the model's files (names and bytes, in a fixed order): what the model *is*."""
+    h = hashlib.sha256()
+    for name in MODEL_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise InputError(
+                f"{folder}: {name} is missing (a base-model folder holds {', '.join(MODEL_FILES)})"
+            )
+        h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def shipped_index(root: str | Path = SHIPPED_DIR) -> dict[str, Any]:
+    """``index.json`` of the shipped base models (task -> content digest and build summary)."""
+    path = Path(root) / SHIPPED_INDEX
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def shipped_base_model(task: str, root: str | Path = SHIPPED_DIR) -> Path | None:
+    """The shipped model folder of ``task`` after checking its content digest; None if none ships.
+
+    A folder whose files do not match the digest recorded in ``index.json`` is an error (a damaged
+    or hand-edited install), never silently used.
+    """
+    entry = shipped_index(root).get(task)
+    if entry is None:
+        return None
+    folder = Path(root) / task
+    got = content_digest(folder)
+    if got != entry["content_digest"]:
+        raise InputError(
+            f"the shipped base model of {task!r} in {folder} does not match its recorded digest "
+            f"({got[:12]} != {entry['content_digest'][:12]}): the install is damaged; reinstall "
+            f"selfimprove, or build one with `selfimprove build-base --task {task}`"
+        )
+    return folder
+
+
+def ship_base_model(model_dir: str | Path, root: str | Path = SHIPPED_DIR) -> Path:
+    """Copy a built, competent base model into the package's shipped models and record its digest.
+
+    For maintainers (``selfimprove build-base --ship``); a user's own builds live in the cache.
+    """
+    info = read_info(model_dir)
+    if info is None:
+        raise InputError(f"{model_dir} is not a base-model folder (no {INFO_FILE})")
+    check_competent(model_dir)
+    task = info["settings"]["task"]
+    root = Path(root)
+    dest = root / task
+    tmp = root / f".{task}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (*MODEL_FILES, INFO_FILE):
+        shutil.copyfile(Path(model_dir) / name, tmp / name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    index = shipped_index(root)
+    m = info.get("metrics") or {}
+    index[task] = {
+        "content_digest": content_digest(dest),
+        "settings_digest": info["digest"],
+        "build_key": info.get("build_key"),
+        "environment": info.get("environment"),
+        "cpu": info.get("cpu"),
+        "metrics": {k: m[k] for k in sorted(m) if k.startswith(("pass@", "maj@"))},
+    }
+    from selfimprove.loop._io import write_json_atomic
+
+    write_json_atomic(root / SHIPPED_INDEX, dict(sorted(index.items())))
+    return dest
+
+
+def builtin_model(task: str, *, progress: bool = True) -> Path:
+    """The model behind ``builtin:<task>``: the shipped one, else the recommended build (cached).
+
+    The bundled tasks ship their models, so this is a digest check, not a build; a task without a
+    shipped model is built once on this machine (minutes) and must become competent.
+    """
+    from selfimprove.tasks import TASKS
+
+    if task not in TASKS:
+        raise InputError(f"builtin:{task}: unknown task; bundled tasks: {', '.join(TASKS)}")
+    shipped = shipped_base_model(task)
+    if shipped is not None:
+        return shipped
+    return ensure_base_model(task, progress=progress)

@@ -25,3 +25,22 @@ def resolve_model_dir(path: str | Path) -> Path:
             extra = " (found a GGUF file; convert it first, e.g. `selfimprove convert-smollm`)"
         raise InputError(f"{p} has no *.safetensors weights{extra}")
     return p.resolve()
+
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def resolve_model(path: str, progress: bool = True) -> str:
+    """A model folder from a config's ``model.path``: a local folder, or ``builtin:<task>``.
+
+    ``builtin:<task>`` is the bundled task's embedded base model, shipped with the package (built
+    on this machine only for a task that ships none). A folder holding a base model whose build
+    never became competent is refused (``selfimprove.models.base_model.check_competent``).
+    """
+    from selfimprove.models import base_model
+
+    if path.startswith(BUILTIN_PREFIX):
+        return str(base_model.builtin_model(path[len(BUILTIN_PREFIX) :], progress=progress))
+    folder = resolve_model_dir(path)
+    base_model.check_competent(folder)
+    return str(folder)

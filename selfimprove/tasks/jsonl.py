@@ -6,6 +6,11 @@ mapping, so prompts handed to the loop never contain it. Every other field goes 
 except gold-named fields, which are refused (they would be a label leak). Rows are assigned to
 "train" or "eval" by a hash of the prompt (only rows with gold can be "eval"), unless a ``split``
 field names the split.
+
+Rows with ``split: base`` are pre-training material for ``selfimprove build-base --task FILE``:
+their gold answer (and an optional worked solution in a ``completion`` field, kept apart like
+gold) become the demonstrations a small base model is trained on. A ``completion`` on a train or
+eval row is refused: it would carry the answer into the label-free path.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class JsonlTask:
     extractor: str = "answer_is"
     extractor_options: dict[str, Any] = field(default_factory=dict)
     case_sensitive: bool = True
+    # Worked solutions of base rows (prompt_id -> text), kept apart from the records like gold.
+    completions: dict[str, str] = field(default_factory=dict)
 
     def make_split(
         self, split: str, n: int | None = None, seed: int = 0, level: int | None = None
@@ -51,6 +58,48 @@ class JsonlTask:
         prompts = [json.loads(json.dumps(r)) for r in rows]  # deep copies: callers may mutate them
         gold = {r["prompt_id"]: self.gold[r["prompt_id"]] for r in rows if r["prompt_id"] in self.gold}
         return prompts, gold
+
+    def make_demonstrations(
+        self, n: int, seed: int = 0, level: int | None = None, slip_rate: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Worked examples ``{"prompt", "completion"}`` from the file's base rows (for ``build-base``).
+
+        The completion is the row's ``completion`` field, else "The answer is <gold>.". With
+        ``slip_rate`` > 0 that share of the rows (its own seeded stream) shows another base row's
+        answer instead of its own (a plausible slip: a real answer of the task, the wrong one).
+        At most ``n`` rows, never repeats; ``level`` is ignored (a file has one level).
+        """
+        import random
+
+        from selfimprove.tasks.base import ANSWER_PREFIX
+
+        if not 0.0 <= slip_rate < 1.0:
+            raise InputError(f"task {self.name}: slip_rate must be in [0, 1), got {slip_rate!r}")
+        base = [
+            r for r in self.records if self.splits[r["prompt_id"]] == "base" and r["prompt_id"] in self.gold
+        ]
+        if not base:
+            raise InputError(
+                f"{self.path}: no 'base' rows with a gold answer; a base model is trained on rows "
+                'with "split": "base" and an answer (optionally a worked solution in "completion")'
+            )
+        rows = list(base)
+        random.Random(f"{self.name}|demos|{seed}").shuffle(rows)
+        answers = sorted({self.gold[r["prompt_id"]] for r in base})
+        slip_rng = random.Random(f"{self.name}|slips|{seed}")
+        out = []
+        for r in rows[:n]:
+            pid, gold = r["prompt_id"], self.gold[r["prompt_id"]]
+            completion = self.completions.get(pid) or f"{ANSWER_PREFIX} {gold}."
+            others = [a for a in answers if a != gold]
+            if slip_rate and others and slip_rng.random() < slip_rate:
+                wrong = slip_rng.choice(others)
+                head, sep, tail = completion.rpartition(gold)
+                completion = f"{head}{wrong}{tail}" if sep else f"{ANSWER_PREFIX} {wrong}."
+            prompt = r["prompt"]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            out.append({"prompt": messages, "completion": completion})
+        return out
 
     def extract(self, text: str) -> str | None:
         """The normalised final answer in a completion (None when there is none)."""
@@ -102,6 +151,7 @@ def jsonl_task(
     records: list[dict[str, Any]] = []
     gold: dict[str, str] = {}
     splits: dict[str, str] = {}
+    completions: dict[str, str] = {}
     with p.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             where = f"{p}:{lineno}"
@@ -120,6 +170,7 @@ def jsonl_task(
             answer = row.pop(gold_field, None)
             pid = row.pop(id_field, None)
             split = row.pop("split", None)
+            completion = row.pop("completion", None)
             leaks = find_gold_keys(row) + [f"{prompt_field}{k}" for k in find_gold_keys(prompt)]
             if leaks:
                 raise InputError(
@@ -139,6 +190,15 @@ def jsonl_task(
                 raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
             if split == "eval" and answer is None:
                 raise InputError(f"{where}: an 'eval' row needs a gold answer in {gold_field!r}")
+            if completion is not None:
+                if split != "base":
+                    raise InputError(
+                        f"{where}: a 'completion' (worked solution) is only allowed on 'base' rows "
+                        f"(pre-training material); on a {split!r} row it would carry the answer"
+                    )
+                if not isinstance(completion, str) or not completion.strip():
+                    raise InputError(f"{where}: 'completion' must be a non-empty string")
+                completions[pid] = completion
             if answer is not None:
                 if isinstance(answer, (dict, list)):
                     raise InputError(f"{where}: the gold field {gold_field!r} must be a string or number")
@@ -156,4 +216,5 @@ def jsonl_task(
         extractor=extractor,
         extractor_options=dict(extractor_options or {}),
         case_sensitive=case_sensitive,
+        completions=completions,
     )
