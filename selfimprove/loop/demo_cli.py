@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds of self-training (default: the config's 3)"
+        "--rounds", type=int, default=None, help="rounds of self-training (default: the config's 2)"
     )
     parser.add_argument(
         "--config", default=str(DEMO_CONFIG), help="recipe to run (default configs/demo.yaml)"
