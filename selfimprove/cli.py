@@ -62,20 +62,33 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that ``finally`` blocks run (engines shut down)."""
 
 
+# Signals received while the current command runs (SIGINT, SIGTERM), in order.
+_RECEIVED: list[int] = []
+
+
 @contextlib.contextmanager
 def _sigterm_raises():
-    """Turn SIGTERM into ``Terminated`` while a command runs.
+    """Turn SIGTERM into ``Terminated`` (and note SIGINT) while a command runs.
 
     Python's default SIGTERM action exits without unwinding, so ``kill`` (or a scheduler's
     time limit) used to leave vLLM's engine processes running with the model in memory; raising
     lets the runner close its generator and leave a resumable run folder, as Ctrl-C does.
+    Both signals are recorded: Ctrl-C in a terminal reaches the whole process group, vLLM's
+    engine process included, and the engine dying first made the command fail with a backend
+    error; ``main`` reports such a failure as the interruption it is.
     """
+    _RECEIVED.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum: int, frame: object) -> None:
+        _RECEIVED.append(signum)
         raise Terminated(f"signal {signum}")
+
+    def _interrupt(signum: int, frame: object) -> None:
+        _RECEIVED.append(signum)
+        raise KeyboardInterrupt
 
     previous_hook = sys.unraisablehook
 
@@ -92,12 +105,32 @@ def _sigterm_raises():
         previous_hook(unraisable)
 
     previous = signal.signal(signal.SIGTERM, _raise)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # leave a caller's own handler alone
+        signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _redeliver
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
         sys.unraisablehook = previous_hook
+
+
+def _interrupted(command: str) -> int | None:
+    """Exit status 143 / 130 (with a message) when a signal ended the command, else None."""
+    if not _RECEIVED:
+        return None
+    hint = {
+        "run": "; continue it with --resume",
+        "generate": "; run it again with the same --out to continue",
+    }
+    if signal.SIGTERM in _RECEIVED:
+        print(f"selfimprove {command}: terminated (SIGTERM){hint.get(command, '')}", file=sys.stderr)
+        return 143
+    print(f"selfimprove {command}: interrupted{hint.get(command, '')}", file=sys.stderr)
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,16 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_raises():
             return int(args._module.run(args) or 0)
-    except SelfImproveError as exc:
-        print(f"selfimprove {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except Terminated:
-        hint = "; continue it with --resume" if args.command == "run" else ""
-        print(f"selfimprove {args.command}: terminated (SIGTERM){hint}", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Terminated (SIGTERM) included
+        status = _interrupted(args.command)
+        if status is None:  # a KeyboardInterrupt raised without a signal
+            print(f"selfimprove {args.command}: interrupted", file=sys.stderr)
+            status = 130
+        return status
+    except Exception as exc:
+        # An error after a signal is that signal's doing (e.g. vLLM's engine, killed by the same
+        # Ctrl-C, failing the request in flight): reported as the interruption, not as an error.
+        status = _interrupted(args.command)
+        if status is not None:
+            return status
+        if isinstance(exc, SelfImproveError):
+            print(f"selfimprove {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
