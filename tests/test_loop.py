@@ -534,3 +534,32 @@ def test_train_prompts_per_round(resample):
         assert not GOLD_KEYS & set(p) and not GOLD_KEYS & set(p.get("meta") or {})
     eval_ids = set(_eval_split(cfg, task)[0][i]["prompt_id"] for i in range(6))
     assert not eval_ids & (set(ids1) | set(ids2))
+
+
+@pytest.mark.slow
+def test_a_recipe_with_vllm_only_options_runs_on_the_hf_backend(tmp_path, tiny_model_dir):
+    """The README's own example: configs/rejection_sft.yaml with generation.backend=hf (it used to
+    stop at round 0 on `enforce_eager`, after the run folder was written). A short real run."""
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "rejection_sft.yaml"
+    assert "enforce_eager" in recipe.read_text()
+    cfg = load_config(
+        recipe,
+        [
+            "generation.backend=hf",
+            f"model.path={tiny_model_dir}",
+            "task.train_size=4",
+            "task.eval_size=4",
+            "generation.n=2",
+            "generation.max_tokens=6",
+            "evaluation.n=2",
+            "evaluation.k=[1,2]",
+            "training.max_steps=1",
+            "training.batch_size=2",
+            "loop.rounds=1",
+        ],
+    )
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert summary["completed"] and summary["rounds_completed"] == 1
+    rollouts = _jsonl(tmp_path / "run" / "round_01" / "rollouts.jsonl")
+    assert len(rollouts) == 4 * 2 and {x["backend"] for x in rollouts} == {"hf"}
+    assert len(_jsonl(tmp_path / "run" / "round_01" / "eval" / "rollouts.jsonl")) == 4 * 2

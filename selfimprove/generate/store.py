@@ -24,12 +24,12 @@ from selfimprove.textio import read_utf8
 ROLLOUTS_FILE = "rollouts.jsonl"
 
 
-def load_prompts(path: str | Path, lines: dict[str, int] | None = None) -> list[dict[str, Any]]:
+def load_prompts(path: str | Path, line_of: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Read a JSONL prompt file into records ``{prompt_id, prompt, meta}``; errors name file:line.
 
     Each line is an object with ``prompt`` (a string or a list of chat messages), an optional ``id``
     (else the 1-based line number) and any other fields, which are carried into ``meta``.
-    ``lines``, when given, is filled with prompt id -> line number (for later error messages).
+    ``line_of``, when given, is filled with prompt id -> line number (for later error messages).
     """
     p = Path(path)
     try:
@@ -66,8 +66,8 @@ def load_prompts(path: str | Path, lines: dict[str, int] | None = None) -> list[
         if pid in seen:
             raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = lineno
-        if lines is not None:
-            lines[pid] = lineno
+        if line_of is not None:
+            line_of[pid] = lineno
         records.append({"prompt_id": pid, "prompt": prompt, "meta": obj})
     if not records:
         raise InputError(f"prompt file {p} holds no prompts")
