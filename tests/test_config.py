@@ -364,3 +364,13 @@ def test_a_config_that_is_not_utf8_names_its_line(tmp_path):
     path.write_bytes(b"name: x\nloop:\n  rounds: 2 # caf\xe9\n")
     msg = str(pytest.raises(ConfigError, load_config, path).value)
     assert msg.startswith(f"{path}:3: not UTF-8 text (byte 0xe9 at column 18)"), msg
+
+
+def test_runs_started_before_the_new_keys_still_resume():
+    """The default config and every shipped recipe hash as they did at 158bbd3 (before
+    generation.vllm/hf/openai, task.chat_template, task.long_prompts, scoring.vote_truncated), so
+    `--resume` of a run started then is not refused as a changed config. A new key that changes
+    nothing at its default belongs in _FINGERPRINT_OMITTED_DEFAULTS (selfimprove/loop/config.py)."""
+    assert RunConfig().fingerprint() == "8791252249a9c262"
+    assert load_config(REPO / "configs" / "rejection_sft.yaml").fingerprint() == "2e34584e642351ef"
+    assert load_config(REPO / "configs" / "demo.yaml").fingerprint() == "8d87dbcc1cbfde92"

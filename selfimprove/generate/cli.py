@@ -177,6 +177,10 @@ def _check_prompts(
         records = [{**r, "prompt": as_chat(r["prompt"])} for r in records]
     folder = _tokenizer_folder(args)
     if folder is None:
+        if args.skip_long_prompts:
+            raise InputError(
+                "--skip-long-prompts needs the served model's tokenizer to count tokens: give --tokenizer DIR"
+            )
         return records, [], []
     tokenizer = load_tokenizer(folder, trust_remote_code=args.trust_remote_code)
     if args.chat_template and not has_chat_template(tokenizer):

@@ -4,8 +4,9 @@
   fallback to chat: wrapping raw text in a user turn would change what the model sees; a server
   without a completions endpoint gives a clear error asking for chat prompts).
 - One request per sample (``n=1``, seed ``seed + sample_index``): token counts are then exact per
-  sample, servers that ignore ``n`` (llama.cpp) behave the same, and against ``vllm serve`` the
-  samples equal the vllm backend's, which seeds its ``n`` children the same way.
+  sample and servers that ignore ``n`` (llama.cpp) behave the same. The seeds are those the vllm
+  backend gives its ``n`` children, but served and local samples are not all identical (greedy
+  ones are; seeded samples agreed on 124 of 128 when measured, docs/generate.md).
 - Requests run on ``max_concurrency`` worker threads. 429, 5xx, time-outs and connection errors
   are retried with exponential back-off (``backoff * 2**attempt``, or the server's
   ``Retry-After`` when given); other 4xx fail at once.
