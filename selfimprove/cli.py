@@ -58,7 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT), raised in the main thread so that ``finally`` blocks run.
+
+    Not a KeyboardInterrupt: vLLM's engine start catches and drops KeyboardInterrupt (its
+    ``zmq_socket_ctx`` logs "Got Keyboard Interrupt." and goes on), after which the command
+    waited for an engine the same Ctrl-C had killed. Like KeyboardInterrupt, it is no Exception,
+    so ``except Exception`` blocks let it through.
+    """
+
+
+class Terminated(Interrupted):
     """SIGTERM, raised in the main thread so that ``finally`` blocks run (engines shut down)."""
 
 
@@ -68,7 +78,7 @@ _RECEIVED: list[int] = []
 
 @contextlib.contextmanager
 def _sigterm_raises():
-    """Turn SIGTERM into ``Terminated`` (and note SIGINT) while a command runs.
+    """Turn SIGTERM into ``Terminated`` and SIGINT into ``Interrupted`` while a command runs.
 
     Python's default SIGTERM action exits without unwinding, so ``kill`` (or a scheduler's
     time limit) used to leave vLLM's engine processes running with the model in memory; raising
@@ -88,7 +98,7 @@ def _sigterm_raises():
 
     def _interrupt(signum: int, frame: object) -> None:
         _RECEIVED.append(signum)
-        raise KeyboardInterrupt
+        raise Interrupted(f"signal {signum}")
 
     previous_hook = sys.unraisablehook
 
@@ -97,8 +107,8 @@ def _sigterm_raises():
         # weakref callback or __del__ (seen: importlib's module-lock callback while vLLM starts),
         # where an exception is printed as "Exception ignored" and dropped: the run went on.
         # Send SIGTERM again a moment later, from a thread, so it lands in ordinary code.
-        if isinstance(unraisable.exc_value, Terminated):
-            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+        if isinstance(unraisable.exc_value, Interrupted) and _RECEIVED:
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), _RECEIVED[-1]))
             timer.daemon = True
             timer.start()
             return
@@ -110,12 +120,61 @@ def _sigterm_raises():
         signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _redeliver
     try:
-        yield
+        with _main_thread_woken():
+            yield
     finally:
         signal.signal(signal.SIGTERM, previous)
         if previous_int is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous_int)
         sys.unraisablehook = previous_hook
+
+
+@contextlib.contextmanager
+def _main_thread_woken():
+    """Make SIGINT / SIGTERM interrupt the main thread's blocking call, whichever thread got them.
+
+    Python runs signal handlers in the main thread, once it executes bytecode again. A signal
+    the kernel hands to another thread (vLLM's and ZeroMQ's threads; Ctrl-C reaching the whole
+    process group) leaves a main thread that waits in a C call (vLLM waiting up to 10 minutes
+    for an engine that the same Ctrl-C killed) waiting on. Here the C-level handler's wakeup fd
+    feeds a relay thread, which sends a no-op SIGUSR2 to the main thread: its call fails with
+    EINTR, and the pending handler raises there.
+    """
+    kick = getattr(signal, "SIGUSR2", None)
+    if kick is None or not hasattr(signal, "pthread_kill"):  # pragma: no cover - not POSIX
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_kick = signal.signal(kick, lambda signum, frame: None)
+    main = threading.main_thread().ident
+    watched = {int(signal.SIGINT), int(signal.SIGTERM)}
+
+    def relay() -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return  # the write end closed: the command is over
+            if watched & set(data) and main is not None:
+                try:
+                    signal.pthread_kill(main, kick)
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=relay, name="signal-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(kick, previous_kick)
+        os.close(write_fd)
+        thread.join(timeout=1)
+        os.close(read_fd)
 
 
 def _interrupted(command: str) -> int | None:
@@ -145,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_raises():
             return int(args._module.run(args) or 0)
-    except KeyboardInterrupt:  # Terminated (SIGTERM) included
+    except (Interrupted, KeyboardInterrupt):  # Terminated (SIGTERM) included
         status = _interrupted(args.command)
         if status is None:  # a KeyboardInterrupt raised without a signal
             print(f"selfimprove {args.command}: interrupted", file=sys.stderr)

@@ -249,23 +249,23 @@ loop: {{rounds: 1}}
 
 @pytest.mark.slow
 def test_sigterm_ends_hf_generate_between_batches_and_a_rerun_resumes(tmp_path, tiny_model_dir):
-    prompts = _prompts(tmp_path / "p.jsonl", 24)
+    prompts = _prompts(tmp_path / "p.jsonl", 12)
     out = tmp_path / "out"
     args = ["generate", "--backend", "hf", "--model", tiny_model_dir, "--prompts", prompts, "--out", out,
-            "--n", "2", "--max-tokens", "200", "--batch-size", "2", "--seed", "0", "--no-progress",
+            "--n", "2", "--max-tokens", "64", "--batch-size", "2", "--seed", "0", "--no-progress",
             "--no-chat-template"]  # fmt: skip
     proc = _start(*args)
     rollouts = out / "rollouts.jsonl"
-    _wait_for(lambda: rollouts.exists() and rollouts.read_text().count("\n") >= 4, proc)
+    _wait_for(lambda: rollouts.exists() and rollouts.read_text().count("\n") >= 4, proc, timeout=600)
     seconds, err = _stop(proc, signal.SIGTERM)
-    assert seconds < 10 and proc.returncode == 143, (seconds, err)
+    assert seconds < 10 and proc.returncode == 143, (seconds, proc.returncode, err)
     kept = rollouts.read_text()
     done = {json.loads(x)["prompt_id"] for x in kept.splitlines()}
-    assert 2 <= len(done) < 24
-    r = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=_env(), timeout=600)
+    assert 2 <= len(done) < 12
+    r = subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env=_env(), timeout=900)
     assert r.returncode == 0, r.stderr
     now = rollouts.read_text()
-    assert now.startswith(kept) and len(now.splitlines()) == 48
+    assert now.startswith(kept) and len(now.splitlines()) == 24
 
 
 @pytest.mark.slow

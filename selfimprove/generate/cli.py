@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("engine (vllm / hf)")
     e.add_argument("--dtype", default="float32", help="weights dtype (default float32; CPU needs float32)")
     e.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
-    e.add_argument("--kv-cache-gb", type=float, default=None, help="vllm on CPU: KV cache GiB (default 2)")
+    e.add_argument(
+        "--kv-cache-gb", type=int, default=None, help="vllm on CPU: KV cache in whole GiB (default 2)"
+    )
     e.add_argument(
         "--max-lora-rank", type=int, default=16, help="vllm: largest adapter rank served (default 16)"
     )

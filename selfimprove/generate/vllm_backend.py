@@ -107,7 +107,10 @@ class VLLMGenerator:
         if self.on_cpu:
             # setdefault: a user's explicit environment always wins over our defaults.
             if kv_cache_gb is not None:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+                # vLLM reads a whole number of GiB: "1.0" (from a float option) failed its start.
+                if float(kv_cache_gb) != int(kv_cache_gb) or kv_cache_gb < 1:
+                    raise ConfigError(f"kv_cache_gb must be a whole number of GiB >= 1, got {kv_cache_gb!r}")
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gb)))
             else:
                 # Without it vllm-cpu tries to reserve most of the RAM and fails to start.
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
