@@ -151,6 +151,9 @@ def _main_thread_woken():
     main = threading.main_thread().ident
     watched = {int(signal.SIGINT), int(signal.SIGTERM)}
 
+    closing = False
+    kicking = threading.Lock()  # no kick once the command is over (see below)
+
     def relay() -> None:
         while True:
             try:
@@ -160,10 +163,13 @@ def _main_thread_woken():
             if not data:
                 return  # the write end closed: the command is over
             if watched & set(data) and main is not None:
-                try:
-                    signal.pthread_kill(main, kick)
-                except OSError:
-                    return
+                with kicking:
+                    if closing:
+                        return
+                    try:
+                        signal.pthread_kill(main, kick)
+                    except OSError:
+                        return
 
     thread = threading.Thread(target=relay, name="signal-relay", daemon=True)
     thread.start()
@@ -171,10 +177,14 @@ def _main_thread_woken():
         yield
     finally:
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(kick, previous_kick)
+        with kicking:
+            closing = True
         os.close(write_fd)
         thread.join(timeout=1)
         os.close(read_fd)
+        # A kick already sent may still be on its way: never back to SIGUSR2's default action
+        # (which ends the process); ignored instead, unless someone had a handler of their own.
+        signal.signal(kick, signal.SIG_IGN if previous_kick in (signal.SIG_DFL, None) else previous_kick)
 
 
 def _interrupted(command: str) -> int | None:

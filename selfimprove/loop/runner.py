@@ -40,6 +40,7 @@ from selfimprove.errors import ConfigError, InputError
 from selfimprove.loop._io import (
     read_json,
     read_jsonl,
+    write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -196,20 +197,16 @@ def _run_dir_lock(run_dir: Path) -> Iterator[_HeldLock | None]:
     keep the folder locked. Where ``fcntl`` does not exist (Windows) runs are not locked.
     """
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (only its presence: the lock is taken by _take_lock)
     except ImportError:  # pragma: no cover - not on the platforms this runs on
         yield None
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise _busy(run_dir, holder) from None
+        holder = _take_lock(fd)
+        if holder is not None:
+            raise _busy(run_dir, holder)
         previous = os.pread(fd, 64, 0)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -283,7 +280,7 @@ class _StartRecord:
                 if lock is not None:
                     lock.restore = True  # written back through the held descriptor
             elif name in self.saved:
-                _write_bytes_atomic(path, self.saved[name])
+                write_bytes_atomic(path, self.saved[name])
             else:
                 path.unlink(missing_ok=True)
         _, folders = self._listing()
@@ -292,19 +289,17 @@ class _StartRecord:
                 (self.dir / rel).rmdir()  # only new, empty folders (a stage's output folder)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    import tempfile
+def _take_lock(fd: int) -> str | None:
+    """Lock the open ``run.lock``; None when taken, else the pid written by the process holding it."""
+    import fcntl
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return None
 
 
 def _lock_holder(run_dir: Path) -> str | None:
@@ -318,14 +313,10 @@ def _lock_holder(run_dir: Path) -> str | None:
     except OSError:  # no lock file (or not readable): nobody can hold it
         return None
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return None
+        holder = _take_lock(fd)
+        if holder is None:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        return holder
     finally:
         os.close(fd)
 
