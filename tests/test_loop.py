@@ -234,10 +234,21 @@ def test_summary_and_round_table(finished_run):
     assert s["final_adapter"].endswith("round_02/adapter")
     table = round_table(hist, [1, 4])
     lines = table.splitlines()
-    # the untrained tiny model often runs to max_tokens without an answer: then the table says so
-    warned = hist[-1]["eval/truncated_no_answer_rate"] >= 0.2
-    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 5 + warned
-    assert ("stopped at the token limit" in lines[-1]) == warned
+    # the untrained tiny model often runs to max_tokens: without an answer (eval), or with one
+    # read from a cut completion (votes); then the table says so, one line per warning
+    eval_cut = hist[-1]["eval/truncated_no_answer_rate"] >= 0.2
+    votes_cut = hist[-1]["train/truncated_vote_share"] >= 0.2
+    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"]
+    assert len(lines) == 5 + eval_cut + votes_cut
+    assert any("eval samples stopped at the token limit" in line for line in lines[5:]) == eval_cut
+    assert any("votes came from samples cut at the token limit" in line for line in lines[5:]) == votes_cut
+    # the share is what scores.jsonl says: votes (samples with an answer) that stopped at max_tokens
+    scored = _jsonl(finished_run["dir"] / "round_02" / "scores.jsonl")
+    voting = [x for x in scored if x["extracted"] is not None]
+    assert hist[-1]["train/truncated_vote_share"] == pytest.approx(
+        sum(x["finish_reason"] == "length" for x in voting) / len(voting)
+    )
+    assert hist[-1]["eval/prompts"] == 8
     base = hist[0]["eval/constant_baseline"]
     assert 0 < base <= 1 and f"scores {base:.3f}" in lines[4]
     assert any("round 2: train" in line for line in finished_run["logs"])
