@@ -264,3 +264,113 @@ def test_the_ground_truth_baseline_has_the_budget_of_its_label_free_twin():
     for section in ("model", "task", "generation", "training", "evaluation", "loop"):
         assert getattr(gold, section) == getattr(ttrl, section), section
     assert gold.supervised and not ttrl.supervised
+
+
+# -- generation options scoped per backend ------------------------------------------------------
+
+BACKEND_OVERRIDES = {
+    "vllm": ["generation.backend=vllm"],
+    "hf": ["generation.backend=hf"],
+    "openai": ["generation.backend=openai", "generation.openai.base_url=http://127.0.0.1:8000/v1"],
+}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_OVERRIDES))
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_recipe_loads_with_every_backend(path, backend):
+    """A recipe's vLLM-only settings (enforce_eager, kv_cache_gb) live in generation.vllm, read only
+    by that backend: switching backend by override neither fails nor hands them to another one."""
+    cfg = load_config(path, BACKEND_OVERRIDES[backend])
+    options = cfg.generation.backend_options()
+    from selfimprove.loop.runner import _generator_options
+
+    built = _generator_options(cfg)
+    if backend == "vllm":
+        assert options["enforce_eager"] is True and built["kv_cache_gb"] == 1
+        assert built["enable_lora"] is True and built["max_lora_rank"] >= cfg.training.lora.rank
+    else:
+        assert not {"enforce_eager", "kv_cache_gb", "enable_lora", "max_lora_rank"} & set(built)
+    if backend == "openai":
+        assert built == {"base_url": "http://127.0.0.1:8000/v1"}
+    # The options reach the backend's constructor as keywords it takes (no TypeError at start).
+    import inspect
+
+    from selfimprove.generate.hf_backend import HFGenerator
+    from selfimprove.generate.openai_backend import OpenAIGenerator
+    from selfimprove.generate.vllm_backend import VLLMGenerator
+
+    cls = {"vllm": VLLMGenerator, "hf": HFGenerator, "openai": OpenAIGenerator}[backend]
+    inspect.signature(cls).bind("model", **built)
+
+
+def test_options_of_another_backend_are_a_load_error_naming_key_and_override(tmp_path):
+    """A config written before the per-backend sections (vLLM options in generation.options) still
+    loads with its backend, and fails at load, not at round 0 after the run folder was written,
+    when the backend is switched: the message names the key, its line, the override that chose the
+    backend and where the option goes now."""
+    old = _write(tmp_path, "generation:\n  backend: vllm\n  options: {enforce_eager: true, kv_cache_gb: 1}\n")
+    cfg = load_config(old)
+    assert cfg.generation.backend_options() == {"enforce_eager": True, "kv_cache_gb": 1}
+    # The same settings in the new place give the same fingerprint: a run started with the old
+    # layout resumes with the new one.
+    new = validate_config({"generation": {"vllm": {"enforce_eager": True, "kv_cache_gb": 1}}})
+    assert new.fingerprint() == cfg.fingerprint()
+    msg = str(pytest.raises(ConfigError, load_config, old, ["generation.backend=hf"]).value)
+    assert "cfg.yaml:3: generation.options.enforce_eager: not an option of the hf backend" in msg, msg
+    assert "command-line override 'generation.backend=hf'" in msg
+    assert "generation.vllm.enforce_eager" in msg
+    # Typos in a section are caught even while another backend runs.
+    msg = str(pytest.raises(ConfigError, validate_config, {"generation": {"hf": {"dtyp": "float32"}}}).value)
+    assert "generation.hf.dtyp" in msg and "did you mean 'dtype'" in msg
+    msg = str(pytest.raises(ConfigError, validate_config, {"generation": {"openai": {"api_key": "x"}}}).value)
+    assert "generation.openai.api_key" in msg and "api_key_env" in msg  # keys come from the environment
+    # openai needs a server URL; the same option twice is ambiguous.
+    msg = str(pytest.raises(ConfigError, validate_config, {"generation": {"backend": "openai"}}).value)
+    assert "generation.openai.base_url: required" in msg
+    both = {"generation": {"options": {"dtype": "float32"}, "hf": {"dtype": "float32"}, "backend": "hf"}}
+    assert "keep one" in str(pytest.raises(ConfigError, validate_config, both).value)
+
+
+def test_fingerprint_ignores_sections_of_backends_not_in_use():
+    base = validate_config({"generation": {"backend": "hf"}})
+    other = validate_config({"generation": {"backend": "hf", "vllm": {"enforce_eager": False}}})
+    assert other.fingerprint() == base.fingerprint()
+    changed = validate_config({"generation": {"backend": "hf", "hf": {"batch_size": 4}}})
+    assert changed.fingerprint() != base.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["evaluation.n=4"], "command-line override 'evaluation.n=4' (with "),
+        (
+            ["generation.n=4", "generation.n_train=8"],
+            "command-line override 'generation.n=4' and 'generation.n_train=8'",
+        ),
+        (["task.name=null"], "command-line override 'task.name=null' (with "),
+    ],
+)
+def test_an_error_caused_by_an_override_names_the_override(overrides, needle):
+    """A check across a section's keys failed because of an override: the message names the
+    override (before, it cited the section's line in the file, which the user had not changed)."""
+    msg = str(
+        pytest.raises(ConfigError, load_config, REPO / "configs" / "rejection_sft.yaml", overrides).value
+    )
+    assert needle in msg, msg
+
+
+def test_a_config_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"name: x\nloop:\n  rounds: 2 # caf\xe9\n")
+    msg = str(pytest.raises(ConfigError, load_config, path).value)
+    assert msg.startswith(f"{path}:3: not UTF-8 text (byte 0xe9 at column 18)"), msg
+
+
+def test_runs_started_before_the_new_keys_still_resume():
+    """The default config and every shipped recipe hash as they did at 158bbd3 (before
+    generation.vllm/hf/openai, task.chat_template, task.long_prompts, scoring.vote_truncated), so
+    `--resume` of a run started then is not refused as a changed config. A new key that changes
+    nothing at its default belongs in _FINGERPRINT_OMITTED_DEFAULTS (selfimprove/loop/config.py)."""
+    assert RunConfig().fingerprint() == "8791252249a9c262"
+    assert load_config(REPO / "configs" / "rejection_sft.yaml").fingerprint() == "2e34584e642351ef"
+    assert load_config(REPO / "configs" / "demo.yaml").fingerprint() == "8d87dbcc1cbfde92"

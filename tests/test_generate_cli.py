@@ -133,3 +133,110 @@ def test_help_lists_options():
     for opt in ("--model", "--prompts", "--n", "--backend", "--out", "--adapter", "--temperature", "--top-p",
                 "--max-tokens", "--stop", "--seed", "--base-url", "--api-key-env"):  # fmt: skip
         assert opt in r.stdout
+
+
+# -- inputs checked with the model's tokenizer, before the engine starts ---------------------------
+
+LONG = "x" * 1100  # the tiny model's context is 1024 tokens (one per character)
+
+
+@pytest.mark.parametrize(
+    "backend, lines, message",
+    [
+        (
+            "hf",
+            [b'{"prompt": "ok"}', b'{"prompt": "caf\xe9"}'],
+            "p.jsonl:2: not UTF-8 text (byte 0xe9 at column 16)",
+        ),
+        ("hf", [b'{"prompt": "ok"}', b'{"prompt": ""}'], "p.jsonl:2: prompt 2 is empty"),
+        ("vllm", [b'{"prompt": "  "}'], "p.jsonl:1: prompt 1 is empty"),
+        (
+            "hf",
+            [b'{"prompt": "ok"}', b'{"prompt": "' + LONG.encode() + b'"}'],
+            "p.jsonl:2: the prompt has 1100 tokens",
+        ),
+        (
+            "vllm",
+            [b'{"prompt": [{"role": "user", "content": "' + LONG.encode() + b'"}]}'],
+            "p.jsonl:1: the prompt has 11",
+        ),
+        ("openai", [b'{"prompt": "' + LONG.encode() + b'"}'], "p.jsonl:1: the prompt has 1100 tokens"),
+    ],
+)
+def test_bad_prompts_fail_before_the_engine_in_one_line(tiny_model_dir, tmp_path, backend, lines, message):
+    """Empty, not-UTF-8 and too-long prompts: exit 2, one line naming file:line, no engine start
+    (vLLM used to fail only after its 20-90 s start), no output folder left behind."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    args = ["--backend", backend, "--model", tiny_model_dir, "--prompts", prompts, "--out", out, "--n", "1"]
+    if backend == "openai":  # a served model by name, its tokenizer from the local folder
+        args[3] = "tiny"
+        args += ["--base-url", f"http://127.0.0.1:{closed_port()}/v1", "--tokenizer", tiny_model_dir]
+    r = run(*args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines_out = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines_out) == 1 and message in lines_out[0], r.stderr
+    if "the prompt has" in message:
+        assert "the model's context is 1024 tokens (no room to generate)" in r.stderr
+        assert "--skip-long-prompts" in r.stderr
+    assert not out.exists()
+
+
+def test_too_long_prompts_skipped_on_request_counted_and_reported(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(f'{{"prompt": "ab", "id": "short"}}\n{{"prompt": "{LONG}", "id": "long"}}\n')
+    out = tmp_path / "out"
+    r = run("--backend", "hf", "--model", tiny_model_dir, "--prompts", prompts, "--out", out, "--n", "1",
+            "--max-tokens", "2", "--skip-long-prompts", "--no-chat-template")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "1 prompt(s) longer than the model's context of 1024 tokens were left out" in r.stderr
+    assert "ids long" in r.stderr
+    assert [json.loads(x)["prompt_id"] for x in (out / "rollouts.jsonl").read_text().splitlines()] == [
+        "short"
+    ]
+    assert json.loads((out / "generate.json").read_text())["skipped_too_long"] == ["long"]
+
+
+def test_a_failed_generate_leaves_no_output_folder(tiny_model_dir, tmp_path):
+    """The server is unreachable: the command fails after the engine (client) was built; before,
+    the empty output folder stayed behind."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n')
+    out = tmp_path / "fresh" / "out"
+    r = run("--backend", "openai", "--model", "m", "--base-url", f"http://127.0.0.1:{closed_port()}/v1",
+            "--prompts", prompts, "--out", out, "--max-retries", "0")  # fmt: skip
+    assert r.returncode == 2 and "cannot connect" in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_chat_template_option_and_raw_text_warning(tiny_model_dir, tmp_path):
+    """Plain-text prompts to a model with a chat template: a warning, or the template on request."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hello", "id": "a"}\n')
+    base = ["--backend", "hf", "--model", tiny_model_dir, "--prompts", prompts, "--n", "1", "--max-tokens", "2",
+            "--temperature", "0"]  # fmt: skip
+    raw = run(*base, "--out", tmp_path / "raw")
+    assert raw.returncode == 0, raw.stderr
+    assert "plain text, but the model has a chat template" in raw.stderr and "--chat-template" in raw.stderr
+    chat = run(*base, "--out", tmp_path / "chat", "--chat-template")
+    assert chat.returncode == 0, chat.stderr
+    assert "plain text" not in chat.stderr
+    quiet = run(*base, "--out", tmp_path / "quiet", "--no-chat-template")
+    assert "plain text" not in quiet.stderr
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True
+    )
+    (raw_row,) = [json.loads(x) for x in (tmp_path / "raw" / "rollouts.jsonl").read_text().splitlines()]
+    (chat_row,) = [json.loads(x) for x in (tmp_path / "chat" / "rollouts.jsonl").read_text().splitlines()]
+    assert raw_row["prompt"] == "hello" and raw_row["prompt_tokens"] == len(tok("hello")["input_ids"])
+    assert chat_row["prompt"] == [{"role": "user", "content": "hello"}]
+    assert (
+        chat_row["prompt_tokens"]
+        == len(tok(rendered, add_special_tokens=False)["input_ids"])
+        > raw_row["prompt_tokens"]
+    )
+    assert json.loads((tmp_path / "chat" / "generate.json").read_text())["chat_template"] is True

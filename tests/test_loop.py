@@ -234,10 +234,21 @@ def test_summary_and_round_table(finished_run):
     assert s["final_adapter"].endswith("round_02/adapter")
     table = round_table(hist, [1, 4])
     lines = table.splitlines()
-    # the untrained tiny model often runs to max_tokens without an answer: then the table says so
-    warned = hist[-1]["eval/truncated_no_answer_rate"] >= 0.2
-    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"] and len(lines) == 5 + warned
-    assert ("stopped at the token limit" in lines[-1]) == warned
+    # the untrained tiny model often runs to max_tokens: without an answer (eval), or with one
+    # read from a cut completion (votes); then the table says so, one line per warning
+    eval_cut = hist[-1]["eval/truncated_no_answer_rate"] >= 0.2
+    votes_cut = hist[-1]["train/truncated_vote_share"] >= 0.2
+    assert lines[0].split()[:4] == ["round", "pass@1", "maj@4", "pass@4"]
+    assert len(lines) == 5 + eval_cut + votes_cut
+    assert any("eval samples stopped at the token limit" in line for line in lines[5:]) == eval_cut
+    assert any("votes came from samples cut at the token limit" in line for line in lines[5:]) == votes_cut
+    # the share is what scores.jsonl says: votes (samples with an answer) that stopped at max_tokens
+    scored = _jsonl(finished_run["dir"] / "round_02" / "scores.jsonl")
+    voting = [x for x in scored if x["extracted"] is not None]
+    assert hist[-1]["train/truncated_vote_share"] == pytest.approx(
+        sum(x["finish_reason"] == "length" for x in voting) / len(voting)
+    )
+    assert hist[-1]["eval/prompts"] == 8
     base = hist[0]["eval/constant_baseline"]
     assert 0 < base <= 1 and f"scores {base:.3f}" in lines[4]
     assert any("round 2: train" in line for line in finished_run["logs"])
@@ -534,3 +545,32 @@ def test_train_prompts_per_round(resample):
         assert not GOLD_KEYS & set(p) and not GOLD_KEYS & set(p.get("meta") or {})
     eval_ids = set(_eval_split(cfg, task)[0][i]["prompt_id"] for i in range(6))
     assert not eval_ids & (set(ids1) | set(ids2))
+
+
+@pytest.mark.slow
+def test_a_recipe_with_vllm_only_options_runs_on_the_hf_backend(tmp_path, tiny_model_dir):
+    """The README's own example: configs/rejection_sft.yaml with generation.backend=hf (it used to
+    stop at round 0 on `enforce_eager`, after the run folder was written). A short real run."""
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "rejection_sft.yaml"
+    assert "enforce_eager" in recipe.read_text()
+    cfg = load_config(
+        recipe,
+        [
+            "generation.backend=hf",
+            f"model.path={tiny_model_dir}",
+            "task.train_size=4",
+            "task.eval_size=4",
+            "generation.n=2",
+            "generation.max_tokens=6",
+            "evaluation.n=2",
+            "evaluation.k=[1,2]",
+            "training.max_steps=1",
+            "training.batch_size=2",
+            "loop.rounds=1",
+        ],
+    )
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert summary["completed"] and summary["rounds_completed"] == 1
+    rollouts = _jsonl(tmp_path / "run" / "round_01" / "rollouts.jsonl")
+    assert len(rollouts) == 4 * 2 and {x["backend"] for x in rollouts} == {"hf"}
+    assert len(_jsonl(tmp_path / "run" / "round_01" / "eval" / "rollouts.jsonl")) == 4 * 2

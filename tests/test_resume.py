@@ -180,31 +180,147 @@ def test_kill_mid_round_and_resume(tmp_path, tiny_model_dir):
     assert _state(run_dir)["rounds"]["2"]["done"][-1] == "metrics"
 
 
-def test_existing_run_refused_and_changed_config(tmp_path):
-    """Resume checks happen before any model is loaded (a missing model proves we got past them)."""
-    cfg_path = _config(tmp_path, tmp_path / "no-model")
-    cfg = load_config(cfg_path)
+def _hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> digest), and every folder."""
+    import hashlib
+
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+    return out
+
+
+def _main(*argv: str) -> tuple[int, str]:
+    """``selfimprove ARGV`` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from selfimprove.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(list(argv))
+    return status, err.getvalue()
+
+
+def _not_utf8(path: Path, line: int = 3) -> None:
+    """Put a Latin-1 byte into line ``line`` of a UTF-8 file."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = lines[line - 1].replace(b"Pick", b"Pick \xe9")
+    path.write_bytes(b"\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """A finished one-round run, started after a failed start in the same folder.
+
+    The first start has a task file that is not UTF-8; its outcome is kept for the test that
+    checks it. The corrected start then runs to the end in the same --run-dir.
+    """
+    tmp = tmp_path_factory.mktemp("finished")
+    cfg = _config(tmp, tiny_model_dir)
+    run_dir = tmp / "run"
+    _not_utf8(tmp / "task.jsonl")
+    failed = _main("run", str(cfg), "--run-dir", str(run_dir), "--no-progress", "--no-report")
+    left = run_dir.exists()
+    _task(tmp / "task.jsonl")  # corrected
+    status, err = _main("run", str(cfg), "--run-dir", str(run_dir), "--no-progress", "--no-report")
+    assert status == 0, err
+    return {"cfg": cfg, "dir": run_dir, "tmp": tmp, "failed": failed, "left_folder": left}
+
+
+@pytest.mark.slow
+def test_a_failed_fresh_start_leaves_no_folder_and_the_corrected_rerun_runs(finished_run):
+    status, err = finished_run["failed"]
+    assert status == 2, err
+    task = finished_run["tmp"] / "task.jsonl"
+    _not_utf8(task)  # as the failed start saw it
+    column = task.read_bytes().split(b"\n")[2].index(b"\xe9") + 1
+    assert err.strip() == (
+        f"selfimprove run: error: {task}:3: not UTF-8 text (byte 0xe9 at column {column}); "
+        "save the task file as UTF-8"
+    ), err
+    _task(task)
+    assert not finished_run["left_folder"]  # so the corrected start was not refused
+    assert json.loads((finished_run["dir"] / "state.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    ["task file not utf-8 (override)", "missing model", "too long prompt", "engine fails to start"],
+)
+def test_a_failed_forced_resume_leaves_a_finished_run_byte_identical(finished_run, tmp_path, case):
+    """`--resume --force` with a new config that cannot run: every file of the finished run keeps
+    its bytes (before, config.yaml was replaced, state.json said finished: false and the manifest
+    gained a start before the data and the model were checked); the original config still resumes."""
+    run_dir, cfg = finished_run["dir"], finished_run["cfg"]
+    before = _hashes(run_dir)
+    args = ["--run-dir", str(run_dir), "--resume", "--force", "--no-progress", "--no-report"]
+    if case == "task file not utf-8 (override)":
+        broken = tmp_path / "broken.jsonl"
+        broken.write_bytes((finished_run["tmp"] / "task.jsonl").read_bytes())
+        _not_utf8(broken, line=5)
+        args.append(f"task.file={broken}")
+        message = f"{broken}:5: not UTF-8 text"
+    elif case == "missing model":
+        args.append(f"model.path={tmp_path / 'no-model'}")
+        message = "model folder not found"
+    elif case == "too long prompt":
+        long = tmp_path / "long.jsonl"
+        rows = [json.loads(x) for x in (finished_run["tmp"] / "task.jsonl").read_text().splitlines()]
+        rows[3]["prompt"][0]["content"] = "x" * 1100  # the tiny model's context is 1024 tokens
+        long.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        args.append(f"task.file={long}")
+        message = f"{long}:4: the prompt has 11"
+    else:
+        # Only the engine start can tell this value is bad (after the folder was written): the
+        # start computed nothing, so it is undone.
+        args += ["loop.rounds=2", "generation.hf.dtype=float99"]
+        message = "unknown dtype 'float99'"
+    status, err = _main("run", str(cfg), *args[6:], *args[:6])  # overrides right after CONFIG
+    assert status == 2, err
+    assert message in err and "Traceback" not in err, err
+    assert _hashes(run_dir) == before
+    # The original config is still the run's: a plain resume is accepted (and redoes nothing).
+    logs: list[str] = []
+    summary = run(load_config(cfg), run_dir, resume=True, progress=False, log=logs.append)
+    assert summary["rounds_completed"] == 1 and not any("starting the" in m for m in logs)
+
+
+@pytest.mark.slow
+def test_refused_starts_change_nothing_and_force_is_recorded_when_the_run_starts(finished_run, tmp_path):
+    import shutil
+
     run_dir = tmp_path / "run"
-    with pytest.raises(InputError, match="model folder not found"):
-        run(cfg, run_dir, progress=False, log=lambda m: None)
-    assert (run_dir / "state.json").is_file() and (run_dir / "config.yaml").is_file()
+    shutil.copytree(finished_run["dir"], run_dir)
+    cfg_path = finished_run["cfg"]
+    cfg = load_config(cfg_path)
+    before = _hashes(run_dir)
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         run(cfg, run_dir, progress=False, log=lambda m: None)
     changed = load_config(cfg_path, ["loop.seed=7"])
     with pytest.raises(ConfigError, match="config differs") as info:
         run(changed, run_dir, resume=True, progress=False, log=lambda m: None)
     assert "--force" in str(info.value)
-    # Same config: accepted. Changed config with force: accepted and recorded.
-    with pytest.raises(InputError, match="model folder not found"):
-        run(cfg, run_dir, resume=True, progress=False, log=lambda m: None)
-    with pytest.raises(InputError, match="model folder not found"):
-        run(changed, run_dir, resume=True, force=True, progress=False, log=lambda m: None)
+    assert _hashes(run_dir) == before
+    # With --force the new config is recorded once the run really starts.
+    run(changed, run_dir, resume=True, force=True, progress=False, log=lambda m: None)
     state = json.loads((run_dir / "state.json").read_text())
     assert state["fingerprint"] == changed.fingerprint() and state["forced"]
+    assert "seed: 7" in (run_dir / "config.yaml").read_text()
     # A changed output location is not a changed config.
     moved = load_config(cfg_path, ["loop.seed=7", "output.tensorboard=false"])
+    run(moved, run_dir, resume=True, progress=False, log=lambda m: None)
+
+
+def test_a_failed_fresh_start_writes_nothing(tmp_path):
+    cfg = load_config(_config(tmp_path, tmp_path / "no-model"))
+    run_dir = tmp_path / "run"
     with pytest.raises(InputError, match="model folder not found"):
-        run(moved, run_dir, resume=True, progress=False, log=lambda m: None)
+        run(cfg, run_dir, progress=False, log=lambda m: None)
+    assert not run_dir.exists()
 
 
 def test_resume_of_non_run_folder(tmp_path):
@@ -241,10 +357,11 @@ def test_a_busy_run_folder_is_refused_until_its_process_is_gone(tmp_path):
         holder.wait()
         os.kill(forked, 0)  # the forked process still lives, with the lock file open
         # The lock went with its owner: the run gets past it (to the missing model), and a folder
-        # holding only the lock file still counts as empty for --resume.
+        # holding only the lock file still counts as empty for --resume; the failed start
+        # leaves it as it was.
         with pytest.raises(InputError, match="model folder not found"):
             run(cfg, run_dir, resume=True, progress=False, log=lambda m: None)
-        assert (run_dir / "state.json").is_file()
+        assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]
     finally:
         holder.kill()
         holder.wait()

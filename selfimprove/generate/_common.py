@@ -32,6 +32,8 @@ def single_token_ids(tokenizer: Any, texts: Sequence[str]) -> dict[str, int]:
 def check_prompt(prompt: Any, index: int) -> None:
     """Raise InputError unless ``prompt`` is a string or a list of {role, content} messages."""
     if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InputError(f"prompt {index} is empty")
         return
     if isinstance(prompt, list) and prompt:
         for j, msg in enumerate(prompt):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from selfimprove.errors import InputError
+from selfimprove.generate.store import ROLLOUTS_FILE
 from selfimprove.generate.vllm_backend import ADAPTER_SERVING
 
 BACKENDS = ("vllm", "hf", "openai")
@@ -40,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("engine (vllm / hf)")
     e.add_argument("--dtype", default="float32", help="weights dtype (default float32; CPU needs float32)")
     e.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
-    e.add_argument("--kv-cache-gb", type=float, default=None, help="vllm on CPU: KV cache GiB (default 2)")
+    e.add_argument(
+        "--kv-cache-gb", type=int, default=None, help="vllm on CPU: KV cache in whole GiB (default 2)"
+    )
     e.add_argument(
         "--max-lora-rank", type=int, default=16, help="vllm: largest adapter rank served (default 16)"
     )
@@ -59,6 +63,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--max-concurrency", type=int, default=8, help="parallel requests (default 8)")
     o.add_argument("--timeout", type=float, default=60.0, help="per-request time-out in s (default 60)")
     o.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/time-outs (default 4)")
+    i = parser.add_argument_group("prompts")
+    i.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="render plain-text prompts with the model's chat template (each becomes one user message); "
+        "default: send them raw, with a warning when the model has a chat template; "
+        "--no-chat-template: raw, no warning",
+    )
+    i.add_argument(
+        "--skip-long-prompts",
+        action="store_true",
+        help="leave out (and count) prompts longer than the model's context instead of stopping",
+    )
+    i.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="openai: a local folder with the served model's tokenizer, to check prompts before sending "
+        "(default: --model when it is a local folder; otherwise the server checks them)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -86,6 +110,8 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"--base-url only applies to --backend openai (got --backend {args.backend})")
     if args.adapter and args.backend != "openai" and not Path(args.adapter).is_dir():
         raise InputError(f"--adapter folder not found: {args.adapter}")
+    if args.tokenizer is not None and not args.tokenizer.is_dir():
+        raise InputError(f"--tokenizer folder not found: {args.tokenizer}")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out exists and is not a folder: {args.out}")
 
@@ -122,6 +148,81 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _tokenizer_folder(args: argparse.Namespace) -> Path | None:
+    """The folder whose tokenizer checks the prompts (None: an openai model known only by name)."""
+    if args.backend != "openai":
+        return Path(args.model)
+    if args.tokenizer is not None:
+        return args.tokenizer
+    folder = Path(args.model).expanduser()
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _check_prompts(
+    args: argparse.Namespace, records: list[dict], lines: dict[str, int]
+) -> tuple[list[dict], list[str], list[str]]:
+    """(records to generate for, notes for the user, ids of prompts left out as too long).
+
+    The chat template is applied when asked (``--chat-template``); an empty prompt, or one too
+    long for the model's context (unless ``--skip-long-prompts``), raises InputError naming
+    file:line. An openai model known only by name is checked by its server instead.
+    """
+    from selfimprove.generate.inputs import (
+        as_chat,
+        check_prompts,
+        context_length,
+        has_chat_template,
+        load_tokenizer,
+    )
+
+    if args.chat_template:
+        records = [{**r, "prompt": as_chat(r["prompt"])} for r in records]
+    folder = _tokenizer_folder(args)
+    if folder is None:
+        if args.skip_long_prompts:
+            raise InputError(
+                "--skip-long-prompts needs the served model's tokenizer to count tokens: give --tokenizer DIR"
+            )
+        return records, [], []
+    tokenizer = load_tokenizer(folder, trust_remote_code=args.trust_remote_code)
+    if args.chat_template and not has_chat_template(tokenizer):
+        raise InputError(f"--chat-template: the tokenizer of {folder} has no chat template")
+    max_model_len = args.max_model_len if args.backend == "vllm" else None
+    check = check_prompts(
+        tokenizer,
+        [r["prompt"] for r in records],
+        [f"{args.prompts}:{lines[r['prompt_id']]}" for r in records],
+        context=context_length(folder, max_model_len),
+        skip_long=args.skip_long_prompts,
+        skip_hint="--skip-long-prompts",
+    )
+    notes = []
+    skipped = sorted(records[i]["prompt_id"] for i in check.too_long)
+    if skipped:
+        records = [r for r in records if r["prompt_id"] not in set(skipped)]
+        notes.append(f"{check.summary()} (--skip-long-prompts): ids {', '.join(skipped)}")
+        if not records:
+            raise InputError(f"{args.prompts}: every prompt is longer than the model's context")
+    plain = any(isinstance(r["prompt"], str) for r in records)
+    if plain and args.chat_template is None and has_chat_template(tokenizer):
+        notes.append(
+            f"the prompts of {args.prompts} are plain text, but the model has a chat template: they are sent "
+            "as raw text, which an instruct model may answer poorly; pass --chat-template to render them "
+            "with it (--no-chat-template silences this warning)"
+        )
+    return records, notes, skipped
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove an output folder this command created when it holds no rollout (a failed start)."""
+    rollouts = out / ROLLOUTS_FILE
+    if rollouts.exists() and rollouts.stat().st_size > 0:
+        return  # samples already written: kept, a rerun resumes from them
+    if all(p.name == ROLLOUTS_FILE for p in out.iterdir()):
+        rollouts.unlink(missing_ok=True)
+        out.rmdir()
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the inputs, build the generator, sample into OUT/rollouts.jsonl."""
     from selfimprove.generate import build_generator
@@ -129,7 +230,12 @@ def run(args: argparse.Namespace) -> int:
     from selfimprove.generate.store import RolloutStore, generate_rollouts, load_prompts
 
     _check(args)
-    records = load_prompts(args.prompts)  # before the (slow) engine start: bad files fail fast
+    # Every input is checked before the (slow) engine start and before OUT is created.
+    lines: dict[str, int] = {}
+    records = load_prompts(args.prompts, lines)
+    records, notes, skipped = _check_prompts(args, records, lines)
+    for note in notes:
+        print(f"selfimprove generate: warning: {note}", file=sys.stderr)
     sampling = Sampling(
         n=args.n,
         temperature=args.temperature,
@@ -138,26 +244,32 @@ def run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop),
         seed=args.seed,
     )
-    store = RolloutStore(args.out)
-    done = store.completed(args.n)
+    created = not args.out.exists()
+    done = set() if created else RolloutStore(args.out).completed(args.n)
     todo = sum(1 for r in records if r["prompt_id"] not in done)
     if todo == 0:
-        print(f"all {len(records)} prompts already have {args.n} samples in {store.path}")
+        print(f"all {len(records)} prompts already have {args.n} samples in {args.out / ROLLOUTS_FILE}")
         return 0
-    generator = build_generator(args.backend, args.model, **_options(args))
     try:
-        rows = generate_rollouts(
-            generator,
-            records,
-            sampling,
-            store,
-            adapter=args.adapter,
-            adapter_version=args.adapter_version,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
-    finally:
-        generator.close()
+        generator = build_generator(args.backend, args.model, **_options(args))
+        try:
+            store = RolloutStore(args.out)
+            rows = generate_rollouts(
+                generator,
+                records,
+                sampling,
+                store,
+                adapter=args.adapter,
+                adapter_version=args.adapter_version,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
+        finally:
+            generator.close()
+    except BaseException:
+        if created and args.out.is_dir():
+            _remove_if_empty(args.out)
+        raise
     _write_json(
         args.out / "generate.json",
         {
@@ -166,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
             "adapter": args.adapter,
             "adapter_version": args.adapter_version,
             "prompts": str(args.prompts),
+            "chat_template": bool(args.chat_template),
+            "skipped_too_long": skipped,
             "sampling": sampling.to_dict(),
         },
     )

@@ -4,11 +4,15 @@
   fallback to chat: wrapping raw text in a user turn would change what the model sees; a server
   without a completions endpoint gives a clear error asking for chat prompts).
 - One request per sample (``n=1``, seed ``seed + sample_index``): token counts are then exact per
-  sample, servers that ignore ``n`` (llama.cpp) behave the same, and against ``vllm serve`` the
-  samples equal the vllm backend's, which seeds its ``n`` children the same way.
-- Requests run on a bounded thread pool (``max_concurrency``). 429, 5xx, time-outs and connection
-  errors are retried with exponential back-off (``backoff * 2**attempt``, or the server's
+  sample and servers that ignore ``n`` (llama.cpp) behave the same. The seeds are those the vllm
+  backend gives its ``n`` children, but served and local samples are not all identical (greedy
+  ones are; seeded samples agreed on 124 of 128 when measured, docs/generate.md).
+- Requests run on ``max_concurrency`` worker threads. 429, 5xx, time-outs and connection errors
+  are retried with exponential back-off (``backoff * 2**attempt``, or the server's
   ``Retry-After`` when given); other 4xx fail at once.
+- An interrupt (Ctrl-C, SIGTERM) or a failed request ends ``generate`` at once: no new request or
+  retry starts, and requests still in flight are abandoned (the workers are daemon threads, so a
+  server that never answers cannot keep the process alive until its time-outs and retries end).
 - The API key is read from the environment variable ``api_key_env`` at call time (never stored or
   logged); no key means no Authorization header (local servers need none).
 - ``adapter`` selects a served model name: a LoRA registered with
@@ -22,10 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +92,21 @@ class OpenAIGenerator:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries; return the decoded JSON body or raise BackendError naming the URL."""
+    def _post(
+        self, path: str, payload: dict[str, Any], cancel: threading.Event | None = None
+    ) -> dict[str, Any]:
+        """POST with retries; return the decoded JSON body or raise BackendError naming the URL.
+
+        ``cancel``, once set, stops further attempts and cuts a back-off short.
+        """
         import httpx
 
+        cancel = cancel or threading.Event()
         url = self.base_url + path
         last = ""
         for attempt in range(self.max_retries + 1):
+            if cancel.is_set():
+                raise BackendError(f"{url}: cancelled (generate was interrupted or another request failed)")
             retry_after = None
             with self._lock:
                 self.stats["requests"] += 1
@@ -127,7 +138,7 @@ class OpenAIGenerator:
             with self._lock:
                 self.stats["retries"] += 1
             log.info("%s: %s; retry %d/%d in %.2f s", url, last, attempt + 1, self.max_retries, delay)
-            time.sleep(delay)
+            cancel.wait(delay)  # a back-off that ends at once when generate is interrupted
         raise BackendError(f"{url}: failed after {self.max_retries + 1} attempts: {last}")
 
     # -- generation -------------------------------------------------------------------------
@@ -170,7 +181,13 @@ class OpenAIGenerator:
         return ids
 
     def _request(
-        self, prompt: Prompt, sampling: Sampling, index: int, model: str, token_ids: Sequence[int] = ()
+        self,
+        prompt: Prompt,
+        sampling: Sampling,
+        index: int,
+        model: str,
+        token_ids: Sequence[int] = (),
+        cancel: threading.Event | None = None,
     ) -> Completion:
         payload: dict[str, Any] = {
             "model": model,
@@ -195,7 +212,7 @@ class OpenAIGenerator:
                 payload["logprobs"] = sampling.logprobs
         if token_ids:
             payload["logprob_token_ids"] = list(token_ids)
-        body = self._post("/chat/completions" if chat else "/completions", payload)
+        body = self._post("/chat/completions" if chat else "/completions", payload, cancel)
         return _parse(body, chat, sampling, keep_all=bool(token_ids))
 
     def generate(
@@ -214,23 +231,44 @@ class OpenAIGenerator:
         model = self._served_model(adapter)
         token_ids = self._logprob_token_ids(sampling.logprob_tokens) if sampling.logprob_tokens else []
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in prompts]
-        jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
-        with (
-            ThreadPoolExecutor(max_workers=self.max_concurrency) as pool,
-            tqdm(total=len(jobs), desc="generate (openai)", disable=not progress) as bar,
-        ):
-            futures = {
-                pool.submit(self._request, prompts[i], sampling, j, model, token_ids): (i, j) for i, j in jobs
-            }
-            try:
-                for fut in futures:
-                    i, j = futures[fut]
-                    results[i][j] = fut.result()
+        jobs: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        for job in ((i, j) for i in range(len(prompts)) for j in range(sampling.n)):
+            jobs.put(job)
+        total = len(prompts) * sampling.n
+        done: queue.SimpleQueue[tuple[int, int, Completion | None, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        cancel = threading.Event()  # this call's: set when it ends, normally or early
+
+        def work() -> None:
+            while not cancel.is_set():
+                try:
+                    i, j = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, j, self._request(prompts[i], sampling, j, model, token_ids, cancel), None))
+                except BaseException as exc:  # handed to the caller's thread
+                    done.put((i, j, None, exc))
+
+        # Daemon threads, not a ThreadPoolExecutor: its workers are joined at exit, so a request
+        # to a server that never answers held the process until its time-out and every retry.
+        workers = [
+            threading.Thread(target=work, name=f"openai-request-{k}", daemon=True)
+            for k in range(min(self.max_concurrency, total))
+        ]
+        try:
+            for w in workers:
+                w.start()
+            with tqdm(total=total, desc="generate (openai)", disable=not progress) as bar:
+                for _ in range(total):
+                    i, j, completion, error = done.get()
+                    if error is not None:
+                        raise error
+                    results[i][j] = completion
                     bar.update(1)
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        finally:
+            cancel.set()  # normal end: the workers have nothing left; otherwise they stop here
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

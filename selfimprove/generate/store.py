@@ -19,22 +19,24 @@ from typing import Any
 from selfimprove.errors import InputError
 from selfimprove.generate._common import check_prompt
 from selfimprove.generate.base import Generator, Sampling
+from selfimprove.textio import read_utf8
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
 
-def load_prompts(path: str | Path) -> list[dict[str, Any]]:
+def load_prompts(path: str | Path, line_of: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Read a JSONL prompt file into records ``{prompt_id, prompt, meta}``; errors name file:line.
 
     Each line is an object with ``prompt`` (a string or a list of chat messages), an optional ``id``
     (else the 1-based line number) and any other fields, which are carried into ``meta``.
+    ``line_of``, when given, is filled with prompt id -> line number (for later error messages).
     """
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = read_utf8(p, "prompt file").split("\n")
     except FileNotFoundError as exc:
         raise InputError(f"prompt file not found: {p}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise InputError(f"cannot read prompt file {p}: {exc}") from exc
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -64,6 +66,8 @@ def load_prompts(path: str | Path) -> list[dict[str, Any]]:
         if pid in seen:
             raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = lineno
+        if line_of is not None:
+            line_of[pid] = lineno
         records.append({"prompt_id": pid, "prompt": prompt, "meta": obj})
     if not records:
         raise InputError(f"prompt file {p} holds no prompts")

@@ -34,6 +34,7 @@ from typing import Any
 from selfimprove.errors import BackendError, ConfigError, InputError
 from selfimprove.generate._common import adapter_fingerprint, adapter_rank, render_prompt, single_token_ids
 from selfimprove.generate.base import Completion, Prompt, Sampling
+from selfimprove.generate.inputs import context_length
 from selfimprove.models.loading import resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -57,17 +58,6 @@ def _cuda_available() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:  # torch missing or broken: treat as CPU
         return False
-
-
-def _context_length(model_dir: Path) -> int:
-    """The model's context length from its config.json (0 when it does not say)."""
-    import json
-
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return 0
-    return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 0)
 
 
 class VLLMGenerator:
@@ -117,7 +107,10 @@ class VLLMGenerator:
         if self.on_cpu:
             # setdefault: a user's explicit environment always wins over our defaults.
             if kv_cache_gb is not None:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+                # vLLM reads a whole number of GiB: "1.0" (from a float option) failed its start.
+                if float(kv_cache_gb) != int(kv_cache_gb) or kv_cache_gb < 1:
+                    raise ConfigError(f"kv_cache_gb must be a whole number of GiB >= 1, got {kv_cache_gb!r}")
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gb)))
             else:
                 # Without it vllm-cpu tries to reserve most of the RAM and fails to start.
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -156,7 +149,7 @@ class VLLMGenerator:
             # at least the context length.
             kwargs["enable_chunked_prefill"] = False
             kwargs.setdefault(
-                "max_num_batched_tokens", max(8192, max_model_len or _context_length(self.model_dir))
+                "max_num_batched_tokens", max(8192, max_model_len or context_length(self.model_dir))
             )
         kwargs.update(engine_kwargs)
         try:

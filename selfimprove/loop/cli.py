@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(round_table(summary["history"], cfg.evaluation.k))
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}")
     if summary.get("stopped"):
         print(f"stopped: {summary['stopped']}")
     if summary.get("best_round") is not None:

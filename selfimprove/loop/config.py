@@ -107,6 +107,18 @@ class TaskConfig(_Section):
     extractor_options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options of the user task's extractor (e.g. `pattern`)."
     )
+    chat_template: bool | None = Field(
+        None,
+        description="Render a user task's plain-text prompts with the model's chat template (each becomes one "
+        "user message). null: send them as raw text, with a warning when the model has a chat template; "
+        "false: raw text, no warning. Chat-message prompts (and the bundled tasks) always use the template.",
+    )
+    long_prompts: Literal["error", "skip"] = Field(
+        "error",
+        description="A prompt longer than the model's context (counted with the model's tokenizer before the "
+        "run folder is written): `error` refuses to start and names the prompt; `skip` leaves it out of its "
+        "split, counted in the log, `summary.json` and the report.",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> TaskConfig:
@@ -128,8 +140,24 @@ class GenerationConfig(_Section):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Keyword options for the backend's constructor (e.g. `enforce_eager`, `kv_cache_gb`, "
-        "`max_model_len` for vllm; `base_url`, `api_key_env` for openai). API keys come from env vars only.",
+        description="Keyword options for the chosen backend's constructor, checked against it when the config "
+        "loads. Options only one backend takes belong under `generation.vllm`, `generation.hf` or "
+        "`generation.openai`, so that switching `generation.backend` never breaks a config.",
+    )
+    vllm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the vllm backend, read only when `backend` is `vllm` (e.g. `enforce_eager`, "
+        "`kv_cache_gb`, `max_model_len`, `adapter_serving`; other keys go to vLLM's engine arguments).",
+    )
+    hf: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the hf backend, read only when `backend` is `hf` (`device`, `dtype`, `batch_size`).",
+    )
+    openai: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the openai backend, read only when `backend` is `openai`: `base_url` (required "
+        "there), `api_key_env`, `max_concurrency`, `timeout`, `max_retries`, `backoff`. API keys come from env "
+        "vars only.",
     )
     n: int = Field(8, ge=1, description="Samples per prompt; all of them vote on the pseudo-label.")
     n_train: int | None = Field(
@@ -151,6 +179,10 @@ class GenerationConfig(_Section):
         if self.n_train is not None and self.n_train > self.n:
             raise ValueError(f"n_train ({self.n_train}) cannot exceed n ({self.n})")
         return self
+
+    def backend_options(self) -> dict[str, Any]:
+        """The constructor options of the chosen backend: ``options`` plus its own section."""
+        return {**self.options, **getattr(self, self.backend)}
 
 
 class RewardTerm(_Section):
@@ -285,6 +317,12 @@ class ScoringConfig(_Section):
         description="Prompts whose top answer has a smaller share than this abstain: no pseudo-label, "
         "no training data from them (SFT, DPO and GRPO alike). Measured on TTRL at 0.3: no gain "
         "overall (BENCHMARKS.md, session 18).",
+    )
+    vote_truncated: bool = Field(
+        True,
+        description="Let samples cut at `generation.max_tokens` vote (their answer was read from an unfinished "
+        "completion). false: a truncated sample counts as giving no answer: it does not vote, gets no reward "
+        "and gives no training data. The round table and the report warn when many votes come from them.",
     )
 
 
@@ -457,12 +495,34 @@ class RunConfig(_Section):
 
         ``loop.rounds`` is left out too: it changes how many rounds run, not what any round
         computes, so ``--resume loop.rounds=N`` extends (or ends) a run without ``--force``.
+        Generation options count as the chosen backend receives them (``generation.options``
+        merged with its own section; the other backends' sections are not read), and keys added
+        to the schema later count only when set away from their default, so a run started before
+        either change still resumes without ``--force``.
         """
         d = self.to_dict()
         d.pop("output", None)
         d.pop("description", None)
         d.get("loop", {}).pop("rounds", None)
+        generation = d["generation"]
+        generation["options"] = self.generation.backend_options()
+        for backend in _BACKEND_SECTIONS:
+            generation.pop(backend, None)
+        for (section, key), default in _FINGERPRINT_OMITTED_DEFAULTS.items():
+            if d.get(section, {}).get(key, default) == default:
+                d.get(section, {}).pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The per-backend option sections of `generation` (one per generation backend).
+_BACKEND_SECTIONS = ("vllm", "hf", "openai")
+# Keys added to the schema after runs were recorded: at these values they are left out of the
+# fingerprint, so a run started before the key existed still resumes without --force.
+_FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("task", "chat_template"): None,
+    ("task", "long_prompts"): "error",
+    ("scoring", "vote_truncated"): True,
+}
 
 
 # Reward names that use gold labels: allowed only in runs marked `supervised: true`.
@@ -493,11 +553,13 @@ def _node_lines(node: yaml.Node | None, prefix: Path_ = (), out: dict | None = N
 
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    from selfimprove.textio import read_utf8
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path, "config", error=ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -630,16 +692,35 @@ class _Where:
     def __init__(self, file: Path | None, lines: Mapping[Path_, int], overrides: Mapping[Path_, str]):
         self.file, self.lines, self.overrides = file, lines, overrides
 
-    def __call__(self, path: Sequence[Any]) -> str:
+    def source(self, path: Sequence[Any], fallback: bool = True) -> str:
+        """What set ``path``: a command-line override, ``file:line``, else the file (``fallback``) or "".
+
+        An error about a whole section (a check across its keys) that a command-line override
+        took part in names that override first, with the file's line beside it.
+        """
         path = tuple(path)
+        found = ""
         for n in range(len(path), 0, -1):
             prefix = path[:n]
             str_prefix = tuple(str(p) for p in prefix)
             if str_prefix in self.overrides and all(isinstance(p, str) for p in prefix):
-                return f"command-line override {self.overrides[str_prefix]!r}: "
+                return f"command-line override {self.overrides[str_prefix]!r}"
             if prefix in self.lines and self.file is not None:
-                return f"{self.file}:{self.lines[prefix]}: "
-        return f"{self.file}: " if self.file is not None else ""
+                found = f"{self.file}:{self.lines[prefix]}"
+                break
+        if not found and fallback and self.file is not None:
+            found = str(self.file)
+        inside = [
+            text for key, text in self.overrides.items() if len(key) > len(path) and key[: len(path)] == path
+        ]
+        if inside and path:
+            names = " and ".join(repr(text) for text in inside)
+            return f"command-line override {names}" + (f" (with {found})" if found else "")
+        return found
+
+    def __call__(self, path: Sequence[Any]) -> str:
+        found = self.source(path)
+        return f"{found}: " if found else ""
 
 
 def _describe_error(err: Mapping[str, Any], data: dict[str, Any], where: _Where) -> str:
@@ -741,8 +822,111 @@ def _trainer_keywords(method: str) -> set[str]:
     }
 
 
+# The generator class of each backend (module, class), whose constructor takes the options.
+_BACKEND_CLASSES = {
+    "vllm": ("selfimprove.generate.vllm_backend", "VLLMGenerator"),
+    "hf": ("selfimprove.generate.hf_backend", "HFGenerator"),
+    "openai": ("selfimprove.generate.openai_backend", "OpenAIGenerator"),
+}
+
+
+def _backend_options(backend: str) -> tuple[list[str], bool] | None:
+    """(keyword options of ``backend``'s constructor, whether it passes other keywords on to its
+    engine); None when the backend module cannot be imported (the runner reports that)."""
+    import importlib
+
+    module, name = _BACKEND_CLASSES[backend]
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, model
+    named = [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _vllm_engine_arguments() -> set[str] | None:
+    """Field names of vLLM's ``EngineArgs`` (what ``LLM(**kwargs)`` accepts); None without vLLM."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except Exception:  # vLLM missing or broken: the engine start reports it
+        return None
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def _accepts(backend: str, name: str, engine_args: dict[str, set[str] | None]) -> bool | None:
+    """Whether ``backend``'s constructor takes option ``name`` (None: cannot tell)."""
+    known = _backend_options(backend)
+    if known is None:
+        return None
+    named, passes_on = known
+    if name in named:
+        return True
+    if not passes_on:
+        return False
+    if "vllm" not in engine_args:  # imported only when an option is not a named one (it is slow)
+        engine_args["vllm"] = _vllm_engine_arguments()
+    fields = engine_args["vllm"] if backend == "vllm" else None
+    return None if fields is None else name in fields
+
+
+def _check_generation(cfg: RunConfig, where: _Where) -> None:
+    """Generation options against the backends' constructors, before anything is written.
+
+    Each per-backend section is checked against its own backend (a typo is caught even while
+    another backend runs); ``generation.options`` against the chosen one, naming the backend that
+    does take a misplaced option and what chose the backend (a line, or a command-line override).
+    """
+    g = cfg.generation
+    engine_args: dict[str, set[str] | None] = {}
+    for backend in _BACKEND_SECTIONS:
+        for name in getattr(g, backend):
+            if _accepts(backend, name, engine_args) is False:
+                named = (_backend_options(backend) or ([], False))[0]
+                path = ("generation", backend, name)
+                cls = _BACKEND_CLASSES[backend][1]
+                raise ConfigError(
+                    f"{where(path)}generation.{backend}.{name}: not an option of the {backend} backend "
+                    f"({cls}){_suggest(name, named)}; allowed: {', '.join(named)}"
+                    + (" or an argument of vLLM's EngineArgs" if backend == "vllm" else "")
+                )
+    chosen = g.backend
+    section = getattr(g, chosen)
+    for name in g.options:
+        path = ("generation", "options", name)
+        if name in section:
+            raise ConfigError(
+                f"{where(path)}generation.options.{name}: also set as generation.{chosen}.{name}; keep one"
+            )
+        if _accepts(chosen, name, engine_args) is not False:
+            continue
+        takers = [b for b in _BACKEND_SECTIONS if b != chosen and _accepts(b, name, engine_args)]
+        source = where.source(("generation", "backend"), fallback=False) or "the default"
+        named = (_backend_options(chosen) or ([], False))[0]
+        hint = (
+            f"it is an option of the {' and '.join(takers)} backend: move it to "
+            f"generation.{takers[0]}.{name}, which is read only when that backend runs"
+            if takers
+            else f"allowed: {', '.join(named)}{_suggest(name, named)}"
+        )
+        raise ConfigError(
+            f"{where(path)}generation.options.{name}: not an option of the {chosen} backend "
+            f"(generation.backend {chosen!r}, from {source}); {hint}"
+        )
+    if chosen == "openai" and not g.backend_options().get("base_url"):
+        raise ConfigError(
+            f"{where(('generation', 'backend'))}generation.openai.base_url: required with generation.backend "
+            "'openai' (the server's URL, e.g. generation.openai.base_url=http://127.0.0.1:8000/v1)"
+        )
+
+
 def _cross_check(cfg: RunConfig, where: _Where) -> None:
-    """Checks that need other modules: reward names, builder options, TRL fields."""
+    """Checks that need other modules: generation options, reward names, builder options, TRL fields."""
+    _check_generation(cfg, where)
     try:
         from selfimprove.score import rewards as rewards_mod
     except ImportError:

@@ -200,6 +200,20 @@ def _headline(history: Sequence[Mapping[str, Any]], ks: Sequence[int], best: int
     return out
 
 
+def _warnings(summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The run's warnings (from its start's checks) and every round's (truncated votes, ...), once each."""
+    from selfimprove.loop.runner import round_warnings
+
+    out = [str(w) for w in summary.get("warnings", [])]
+    for m in history:
+        for w in round_warnings(m):
+            # The start already explained an empty eval split, with its cause.
+            same = w.split(":")[0]
+            if not any(x.startswith(same) for x in out):
+                out.append(w)
+    return out
+
+
 def write_report(run_dir: str | Path) -> dict[str, str]:
     """Write ``report.md``, ``report.html`` and ``report/*.png`` for a run folder; return their paths."""
     d = Path(run_dir)
@@ -283,6 +297,7 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
     name = summary.get("name") or manifest.get("name") or d.name
     supervised = summary.get("supervised", manifest.get("supervised", False))
     headline = _headline(history, ks, best)
+    warnings = _warnings(summary, history)
     guard_lines = []
     for g in summary.get("guard", []):
         if g.get("collapsed"):
@@ -308,6 +323,7 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
             "",
         ]
     md += [*(f"- {h}" for h in headline), ""] if headline else []
+    md += ["## Warnings", "", *(f"- **{w}**" for w in warnings), ""] if warnings else []
     md += ["## Rounds", "", _md_table(table), ""]
     md += ["## Plots", ""]
     for fname, caption in plots:
@@ -324,6 +340,7 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
         "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:6px 0}"
         "pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}.sup{background:#fee;padding:8px;border:1px solid #c00}"
         ".plots{display:grid;grid-template-columns:1fr 1fr;gap:10px}figcaption{font-size:12px;color:#555}"
+        ".warn{background:#fff6e0;border:1px solid #d90;padding:8px 8px 8px 28px}"
     )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title><style>{css}</style></head><body>"
@@ -337,6 +354,12 @@ def write_report(run_dir: str | Path) -> dict[str, str]:
         )
     if headline:
         parts.append("<ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in headline) + "</ul>")
+    if warnings:
+        parts.append(
+            "<h2>Warnings</h2><ul class='warn'>"
+            + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+            + "</ul>"
+        )
     parts.append("<h2>Rounds</h2>" + _html_table(table))
     parts.append("<h2>Plots</h2><div class='plots'>")
     for fname, caption in plots:

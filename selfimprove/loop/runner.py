@@ -31,7 +31,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from selfimprove.errors import ConfigError, InputError
 from selfimprove.loop._io import (
     read_json,
     read_jsonl,
+    write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -186,7 +187,7 @@ LOCK_FILE = "run.lock"
 
 
 @contextlib.contextmanager
-def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+def _run_dir_lock(run_dir: Path) -> Iterator[_HeldLock | None]:
     """Hold an exclusive lock on ``run_dir`` while a process runs in it.
 
     A second ``run`` (or ``--resume``) on the same folder while the first is alive would
@@ -197,35 +198,152 @@ def _run_dir_lock(run_dir: Path) -> Iterator[None]:
     keep the folder locked. Where ``fcntl`` does not exist (Windows) runs are not locked.
     """
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (only its presence: the lock is taken by _take_lock)
     except ImportError:  # pragma: no cover - not on the platforms this runs on
-        yield
+        yield None
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ConfigError(
-                f"run folder {run_dir} is in use by another selfimprove process (pid {holder}); "
-                "wait for it to finish or stop it, then pass --resume"
-            ) from None
+        holder = _take_lock(fd)
+        if holder is not None:
+            raise _busy(run_dir, holder)
+        previous = os.pread(fd, 64, 0)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        lock = _HeldLock(fd, previous)
+        try:
+            yield lock
+        finally:
+            if lock.restore:
+                # A start undone (see _StartRecord): the lock file gets its previous content back.
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, previous, 0)
     finally:
         os.close(fd)  # releases the lock
 
 
-def _prepare_run_dir(
-    config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
-) -> RunState:
+class _HeldLock:
+    """The held ``run.lock`` (its previous content, to put back when a start is undone)."""
+
+    def __init__(self, fd: int, previous: bytes) -> None:
+        self.fd, self.previous, self.restore = fd, previous, False
+
+
+# Files every start writes (the record of the start, not results).
+_START_FILES = ("config.yaml", "manifest.json", "state.json", LOCK_FILE)
+
+
+class _StartRecord:
+    """A run folder as it was before a start wrote to it, to undo a start that computed nothing.
+
+    Every check that can be made before writing is made before writing; this covers what can only
+    fail later (an engine that does not start, a server that refuses the first request). When no
+    result file appeared or changed, the folder gets back exactly what it held: a new folder is
+    removed (so the corrected rerun is not refused), an existing one keeps its previous config,
+    manifest, state and lock file byte for byte.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.existed = run_dir.is_dir()
+        self.saved = {
+            name: (run_dir / name).read_bytes() for name in _START_FILES if (run_dir / name).is_file()
+        }
+        self.results, self.folders = self._listing()
+
+    def _listing(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
+        files: dict[str, tuple[int, int]] = {}
+        folders: set[str] = set()
+        if not self.dir.is_dir():
+            return files, folders
+        for path in self.dir.rglob("*"):
+            rel = path.relative_to(self.dir).as_posix()
+            if path.is_dir():
+                folders.add(rel)
+            elif rel not in _START_FILES and not (path.name.startswith(".") and path.name.endswith(".tmp")):
+                st = path.stat()
+                files[rel] = (st.st_size, st.st_mtime_ns)
+        return files, folders
+
+    def computed_nothing(self) -> bool:
+        """Whether no result file appeared or changed since the record was taken."""
+        return self._listing()[0] == self.results
+
+    def undo(self, lock: _HeldLock | None) -> None:
+        """Put the folder back as it was (call only when :meth:`computed_nothing`)."""
+        if not self.existed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for name in _START_FILES:
+            path = self.dir / name
+            if name == LOCK_FILE and name in self.saved:
+                if lock is not None:
+                    lock.restore = True  # written back through the held descriptor
+            elif name in self.saved:
+                write_bytes_atomic(path, self.saved[name])
+            else:
+                path.unlink(missing_ok=True)
+        _, folders = self._listing()
+        for rel in sorted(folders - self.folders, key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                (self.dir / rel).rmdir()  # only new, empty folders (a stage's output folder)
+
+
+def _take_lock(fd: int) -> str | None:
+    """Lock the open ``run.lock``; None when taken, else the pid written by the process holding it."""
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return None
+
+
+def _lock_holder(run_dir: Path) -> str | None:
+    """The pid in ``run.lock`` while another process holds its lock, else None; writes nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms this runs on
+        return None
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+    except OSError:  # no lock file (or not readable): nobody can hold it
+        return None
+    try:
+        holder = _take_lock(fd)
+        if holder is None:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        return holder
+    finally:
+        os.close(fd)
+
+
+def _busy(run_dir: Path, holder: str) -> ConfigError:
+    return ConfigError(
+        f"run folder {run_dir} is in use by another selfimprove process (pid {holder}); "
+        "wait for it to finish or stop it, then pass --resume"
+    )
+
+
+def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
+    """Whether this start may use ``run_dir`` (the existing run's state, or None for a new run).
+
+    Reads only: a refused start leaves the folder as it was.
+    """
+    holder = _lock_holder(run_dir)
+    if holder is not None:
+        raise _busy(run_dir, holder)
+    return _check_run_dir_contents(config, run_dir, resume, force)
+
+
+def _check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
+    # Not _lock_holder here: called under our own lock, whose file must not be opened and closed
+    # again (closing any descriptor of a file drops the process's POSIX locks on it).
     state_path = run_dir / STATE_FILE
-    fingerprint = config.fingerprint()
     if state_path.exists():
         if not resume:
             raise ConfigError(
@@ -233,21 +351,34 @@ def _prepare_run_dir(
                 "or choose another --run-dir"
             )
         state = RunState.load(state_path)
-        if state.data.get("fingerprint") != fingerprint:
-            if not force:
-                raise ConfigError(
-                    f"the config differs from the one {run_dir} was started with "
-                    f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
-                    f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
-                )
+        fingerprint = config.fingerprint()
+        if state.data.get("fingerprint") != fingerprint and not force:
+            raise ConfigError(
+                f"the config differs from the one {run_dir} was started with "
+                f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
+                f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
+            )
+        return state
+    if resume and run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
+    return None
+
+
+def _prepare_run_dir(
+    config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
+) -> RunState:
+    """Check the folder again (now under its lock), then record this start: config, manifest, state."""
+    state_path = run_dir / STATE_FILE
+    fingerprint = config.fingerprint()
+    state = _check_run_dir_contents(config, run_dir, resume, force)
+    if state is not None:
+        if state.data.get("fingerprint") != fingerprint:  # --force: recorded only now, as the run starts
             state.data.setdefault("forced", []).append(
                 {"from": state.data.get("fingerprint"), "to": fingerprint}
             )
             state.data["fingerprint"] = fingerprint
             state.data["finished"] = False
     else:
-        if resume and run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-            raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
         run_dir.mkdir(parents=True, exist_ok=True)
         state = RunState.new(state_path, fingerprint)
     write_text_atomic(run_dir / "config.yaml", dump_config(config))
@@ -281,8 +412,21 @@ def _train_seed(config: RunConfig, r: int) -> int:
     return config.task.seed + (r if config.task.resample_each_round else 0)
 
 
-def _train_prompts(config: RunConfig, task, r: int) -> list[dict[str, Any]]:
-    """The label-free split of round ``r``: prompt records only; the gold mapping is discarded right here."""
+def _rendered(config: RunConfig, prompts: list[dict[str, Any]], skip: Set[str]) -> list[dict[str, Any]]:
+    """Prompt records as the run sends them: ``task.chat_template`` applied, skipped prompts left out."""
+    from selfimprove.generate.inputs import as_chat
+
+    out = [p for p in prompts if str(p["prompt_id"]) not in skip]
+    if config.task.chat_template:
+        out = [{**p, "prompt": as_chat(p["prompt"])} for p in out]
+    return out
+
+
+def _train_prompts(config: RunConfig, task, r: int, skip: Set[str] = frozenset()) -> list[dict[str, Any]]:
+    """The label-free split of round ``r``: prompt records only; the gold mapping is discarded right here.
+
+    ``skip``: prompt ids left out (too long for the model's context, ``task.long_prompts: skip``).
+    """
     t = config.task
     prompts, _gold_unused = task.make_split(
         "train", n=t.train_size, seed=_train_seed(config, r), level=t.level
@@ -294,12 +438,104 @@ def _train_prompts(config: RunConfig, task, r: int) -> list[dict[str, Any]]:
         leaked = GOLD_FIELDS & (set(rec) | set(rec.get("meta") or {}))
         if leaked:
             raise InputError(f"train prompt {rec.get('prompt_id')!r} carries gold field(s) {sorted(leaked)}")
+    prompts = _rendered(config, prompts, skip)
+    if not prompts:
+        raise InputError(
+            f"task {getattr(task, 'name', '?')}: every train prompt of round {r} is longer than the model's "
+            "context (task.long_prompts: skip left none)"
+        )
     return prompts
 
 
-def _eval_split(config: RunConfig, task) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _eval_split(
+    config: RunConfig, task, skip: Set[str] = frozenset()
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The evaluation split (prompts, gold), with ``task.chat_template`` applied and ``skip`` left out."""
     t = config.task
-    return task.make_split("eval", n=t.eval_size, seed=t.seed, level=t.level)
+    prompts, gold = task.make_split("eval", n=t.eval_size, seed=t.seed, level=t.level)
+    prompts = _rendered(config, prompts, skip)
+    return prompts, {pid: g for pid, g in gold.items() if pid not in skip}
+
+
+def _prompt_origin(task, split: str, rec: Mapping[str, Any]) -> str:
+    """Where a prompt comes from, for error messages: ``file:line`` of a user task, else its id."""
+    line = (getattr(task, "lines", None) or {}).get(rec["prompt_id"])
+    if line is not None:
+        return f"{task.path}:{line}"
+    return f"task {getattr(task, 'name', '?')}, {split} prompt {rec['prompt_id']!r}"
+
+
+def _check_inputs(config: RunConfig, task, model_path: str) -> tuple[set[str], list[str]]:
+    """Every prompt the run will send, checked with the model's tokenizer before anything is written.
+
+    Returns the ids of prompts left out as too long (``task.long_prompts: skip``) and warnings for
+    the user: plain text sent to a model with a chat template, an empty eval split, skipped prompts.
+    Raises InputError on an empty prompt, a too-long one (unless skipped) or an empty train split.
+    """
+    from selfimprove.generate.inputs import check_prompts, context_length, has_chat_template, load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
+    if config.task.chat_template and not has_chat_template(tokenizer):
+        raise ConfigError(
+            f"task.chat_template: true, but the tokenizer of {model_path} has no chat template; "
+            "set task.chat_template: false (or null) to send plain-text prompts as they are"
+        )
+    g = config.generation
+    max_model_len = g.backend_options().get("max_model_len") if g.backend == "vllm" else None
+    context = context_length(model_path, max_model_len)
+    rounds = range(1, config.loop.rounds + 1) if config.task.resample_each_round else [1]
+    records: dict[str, tuple[str, dict[str, Any]]] = {}
+    for r in rounds:
+        for rec in _train_prompts(config, task, r):
+            records.setdefault(str(rec["prompt_id"]), ("train", rec))
+    eval_prompts, _gold = _eval_split(config, task)
+    for rec in eval_prompts:
+        records.setdefault(str(rec["prompt_id"]), ("eval", rec))
+    ids = list(records)
+    check = check_prompts(
+        tokenizer,
+        [records[pid][1]["prompt"] for pid in ids],
+        [_prompt_origin(task, split, rec) for split, rec in records.values()],
+        context=context,
+        skip_long=config.task.long_prompts == "skip",
+        skip_hint="task.long_prompts=skip",
+    )
+    skipped = {ids[i] for i in check.too_long}
+    warnings: list[str] = []
+    if skipped:
+        warnings.append(f"{check.summary()} (task.long_prompts: skip)")
+        for r in rounds:
+            _train_prompts(config, task, r, skipped)  # raises if a round has no prompt left
+    plain = any(isinstance(rec["prompt"], str) for _split, rec in records.values())
+    if plain and config.task.chat_template is None and has_chat_template(tokenizer):
+        warnings.append(
+            f"the prompts of task {getattr(task, 'name', '?')} are plain text, but the model has a chat "
+            "template: they are sent as raw text, which an instruct model may answer poorly; set "
+            "task.chat_template: true to render them with the template (false silences this warning)"
+        )
+    if not _eval_split(config, task, skipped)[0]:
+        warnings.append(f"{_empty_eval_reason(config, task)}: {EMPTY_EVAL_WARNING}")
+    return skipped, warnings
+
+
+EMPTY_EVAL_WARNING = (
+    "no accuracy can be measured (every eval metric stays '-') and the collapse guard has no "
+    "evaluation metrics to judge"
+)
+
+
+def _empty_eval_reason(config: RunConfig, task) -> str:
+    """Why the eval split is empty, for the warning."""
+    t = config.task
+    if t.file is None:
+        return "the eval split is empty"
+    n_gold = len(getattr(task, "gold", {}) or {})
+    if n_gold == 0:
+        return f"the eval split is empty: no row of {t.file} has a gold answer in {t.gold_field!r}"
+    return (
+        f"the eval split is empty: {n_gold} row(s) of {t.file} have a gold answer but none went to the "
+        f"eval split (task.eval_fraction {t.eval_fraction}, or their `split` fields)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +635,7 @@ def _sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int,
 
 
 def _generator_options(config: RunConfig) -> dict[str, Any]:
-    options = dict(config.generation.options)
+    options = config.generation.backend_options()
     if config.generation.backend == "vllm":
         need = config.training.lora.rank
         options.setdefault("enable_lora", True)
@@ -507,13 +743,35 @@ def round_table(history: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> str:
             f"(always giving the eval split's most common answer scores {_fmt(base, 0).strip()}: "
             "pass@1 near it means the model ignores the question)"
         )
-    cut = history[-1].get("eval/truncated_no_answer_rate") if history else None
-    if isinstance(cut, float) and cut >= 0.2:
-        lines.append(
-            f"(warning: {cut:.0%} of round {history[-1].get('round')}'s eval samples stopped at the "
-            "token limit before giving an answer: raise generation.max_tokens / evaluation.max_tokens)"
-        )
+    if history:
+        lines += [f"(warning: {w})" for w in round_warnings(history[-1])]
     return "\n".join(lines)
+
+
+# A round warns when at least this share of its eval samples (or of its votes) hit max_tokens.
+TRUNCATION_WARN_SHARE = 0.2
+
+
+def round_warnings(metrics: Mapping[str, Any]) -> list[str]:
+    """What a user must know about one round's numbers (printed under the round table, in the report)."""
+    r = metrics.get("round")
+    out = []
+    if metrics.get("eval/prompts") == 0:
+        out.append(f"the eval split is empty: {EMPTY_EVAL_WARNING}")
+    cut = metrics.get("eval/truncated_no_answer_rate")
+    if isinstance(cut, float) and cut >= TRUNCATION_WARN_SHARE:
+        out.append(
+            f"{cut:.0%} of round {r}'s eval samples stopped at the token limit before giving an answer: "
+            "raise generation.max_tokens / evaluation.max_tokens"
+        )
+    votes = metrics.get("train/truncated_vote_share")
+    if isinstance(votes, float) and votes >= TRUNCATION_WARN_SHARE:
+        out.append(
+            f"{votes:.0%} of round {r}'s votes came from samples cut at the token limit (their answers "
+            "were read from unfinished completions): raise generation.max_tokens, or set "
+            "scoring.vote_truncated: false to leave them out of the vote"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,18 +786,19 @@ class _Run:
         self,
         config: RunConfig,
         run_dir: Path,
-        state: RunState,
         progress: bool,
         log: Callable[[str], None],
         generator: Any = None,
     ):
+        """Resolve the model, load the task and check every prompt; nothing is written yet."""
         self.cfg = config
         self.dir = run_dir
-        self.state = state
+        self.state: RunState = None  # type: ignore[assignment]  # set once the run folder is prepared
         self.progress = progress
         self.log = log
         self.model_path = resolve_model(config.model.path, progress=progress)
         self.task = _load_task(config)
+        self.skip, self.warnings = _check_inputs(config, self.task, self.model_path)
         self._generator = generator
         # A generator handed in by the caller is the caller's to close.
         self._owns_generator = generator is None
@@ -625,7 +884,7 @@ class _Run:
     # -- stages -----------------------------------------------------------------------------
     def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         g = self.cfg.generation
-        prompts = _train_prompts(self.cfg, self.task, r)
+        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
         sampling = _sampling(
             self.cfg,
             n=g.n,
@@ -673,6 +932,7 @@ class _Run:
             extractor_options=ex_options,
             min_share=self.cfg.scoring.min_majority_ratio,
             judge_scores=judge_scores,
+            vote_truncated=self.cfg.scoring.vote_truncated,
         )
         if judge_scores is not None:
             w = self.cfg.scoring.judge.weight
@@ -777,7 +1037,7 @@ class _Run:
         from selfimprove.score.vote import majority_vote
 
         pc = self.cfg.scoring.paraphrase
-        prompts = _train_prompts(self.cfg, self.task, r)
+        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
         cache = self.dir / "paraphrases.jsonl"
         if not cache.exists():
             # Made once, by the base model, and kept: every round votes on the same rewrites.
@@ -904,7 +1164,7 @@ class _Run:
 
     def stage_evaluate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         ev = self.cfg.evaluation
-        prompts, gold = _eval_split(self.cfg, self.task)
+        prompts, gold = _eval_split(self.cfg, self.task, self.skip)
         sampling = _sampling(
             self.cfg,
             n=ev.n,
@@ -921,16 +1181,18 @@ class _Run:
     def compute_metrics(self, r: int, rdir: Path) -> dict[str, Any]:
         """Every metric of round ``r`` from the files of its folder (gold read here only)."""
         from selfimprove.loop.metrics import evaluate_answers
-        from selfimprove.score.diagnostics import group_diagnostics
+        from selfimprove.score.diagnostics import group_diagnostics, truncated_vote_share
 
         rs = self.state.round(r)
         m: dict[str, Any] = {"round": r}
         extract = _extractor(self.cfg, self.task)
+        # The size of the eval split: 0 means every eval metric is missing (round_table warns).
+        m["eval/prompts"] = len(_eval_split(self.cfg, self.task, self.skip)[0])
         ev_recs = read_jsonl(rdir / "eval" / "rollouts.jsonl")
         if ev_recs:
             groups = _group(ev_recs)
             answers = {pid: [extract(x["completion"]) for x in recs] for pid, recs in groups.items()}
-            _prompts, gold = _eval_split(self.cfg, self.task)
+            _prompts, gold = _eval_split(self.cfg, self.task, self.skip)
             with_gold = {pid: a for pid, a in answers.items() if pid in gold}
             if with_gold:
                 ks = [k for k in self.cfg.evaluation.k if k <= min(len(a) for a in with_gold.values())]
@@ -951,6 +1213,7 @@ class _Run:
             m["train/abstain_rate"] = sum(
                 recs[0].get("pseudo_label") is None for recs in groups.values()
             ) / max(1, len(groups))
+            m["train/truncated_vote_share"] = truncated_vote_share(scored)
             # Diagnostics of the pseudo-labels against gold: evaluation only, computed after the
             # round's data was built and trained on, never fed back.
             train_gold = self._train_gold(r)
@@ -1029,7 +1292,12 @@ class _Run:
 
     def _write_history(self) -> None:
         hist = self.history()
-        write_jsonl_atomic(self.dir / "metrics.jsonl", hist)
+        path = self.dir / "metrics.jsonl"
+        if path.exists() and read_jsonl(path) == hist:
+            # A resumed run passing a finished round: nothing new to record (a resume that
+            # computes nothing leaves the folder as it was, and TensorBoard gets no duplicates).
+            return
+        write_jsonl_atomic(path, hist)
         tb = self._tensorboard()
         if tb is not None:
             last = hist[-1]
@@ -1149,6 +1417,9 @@ class _Run:
             "final_adapter": self._abs(self.state.data.get("adapter")),
             "collapsed_rounds": collapsed,
             "guard": self.state.data["guard"],
+            # What the start's checks found: warnings, and prompts left out as too long.
+            "warnings": list(self.warnings),
+            "skipped_prompts": sorted(self.skip),
             "history": hist,
         }
         write_json_atomic(self.dir / "summary.json", summary)
@@ -1177,19 +1448,30 @@ def run(
         )
     out = resolve_run_dir(config, run_dir)
     logger = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    with _run_dir_lock(out):
-        state = _prepare_run_dir(config, out, resume, force, command)
-        runner = _Run(config, out, state, progress, logger, generator=generator)
-        if generator is not None:
-            given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
-            if given != Path(runner.model_path).resolve():
-                raise ConfigError(
-                    f"the generator serves {given}, but model.path resolves to {runner.model_path}"
-                )
+    # Every check before the run folder is touched: the folder (reads only), the model, the task
+    # and its data files, every prompt against the model's tokenizer (the config and its options
+    # were checked when it loaded). A start refused here leaves the folder as it was, or absent.
+    _check_run_dir(config, out, resume, force)
+    runner = _Run(config, out, progress, logger, generator=generator)
+    if generator is not None:
+        given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
+        if given != Path(runner.model_path).resolve():
+            raise ConfigError(f"the generator serves {given}, but model.path resolves to {runner.model_path}")
+    for warning in runner.warnings:
+        logger(f"WARNING: {warning}")
+    record = _StartRecord(out)
+    with _run_dir_lock(out) as lock:
+        runner.state = _prepare_run_dir(config, out, resume, force, command)
         try:
-            return runner.run_loop()
-        finally:
-            runner.close()
+            try:
+                return runner.run_loop()
+            finally:
+                runner.close()
+        except Exception:
+            if record.computed_nothing():
+                record.undo(lock)
+                logger(f"the start failed before computing anything: {out} is left as it was")
+            raise
 
 
 __all__ = [
@@ -1198,5 +1480,6 @@ __all__ = [
     "resolve_run_dir",
     "round_dir",
     "round_table",
+    "round_warnings",
     "run",
 ]

@@ -54,6 +54,7 @@ def score_rollouts(
     min_share: float = 0.0,
     tie_break: str = "first",
     judge_scores: Sequence[float | None] | None = None,
+    vote_truncated: bool = True,
 ) -> list[dict[str, Any]]:
     """Scored rollout records (docs/DESIGN.md) from rollout records; inputs are not modified.
 
@@ -64,6 +65,10 @@ def score_rollouts(
     ``reward`` is their weighted sum over the terms that could score (None if none could).
     Meta fields present on every record are passed to the rewards as columns, so a gold field in
     ``meta`` raises LabelLeakError in any label-free reward.
+
+    ``vote_truncated=False``: a sample cut at max_tokens (``finish_reason`` "length") counts as
+    giving no answer: ``extracted`` None (it does not vote), every reward term None, and
+    ``truncated_excluded`` True.
     """
     ex = get_extractor(extractor, **dict(extractor_options or {}))
     if rewards is None:
@@ -100,6 +105,10 @@ def score_rollouts(
         )
         rec = dict(r)
         rec["extracted"] = ex(completion_text(r["completion"]))
+        if not vote_truncated and r.get("finish_reason") == "length":
+            # An answer read from an unfinished completion (often a cut reasoning): left out.
+            rec["extracted"] = None
+            rec["truncated_excluded"] = True
         records.append(rec)
 
     equal = (lambda a, b: answers_equal(a, b, math=True)) if math else None
@@ -143,6 +152,9 @@ def score_rollouts(
             None if v is None or (isinstance(v, float) and math_isnan(v)) else float(v) for v in values
         ]
     for i, rec in enumerate(records):
+        if rec.get("truncated_excluded"):
+            for name, _f, _w in terms:
+                per_term[name][i] = None
         rec["rewards"] = {name: per_term[name][i] for name, _f, _w in terms}
         valid = [(w, per_term[name][i]) for name, _f, w in terms if per_term[name][i] is not None]
         rec["reward"] = sum(w * v for w, v in valid) if valid else None
@@ -168,6 +180,14 @@ def no_answer_reason(record: Mapping[str, Any]) -> str:
     if record.get("finish_reason") == "length":
         return "truncated"
     return "no_match"
+
+
+def truncated_vote_share(scored: Sequence[Mapping[str, Any]]) -> float:
+    """Share of the votes (samples with an extracted answer) cast by samples cut at max_tokens."""
+    votes = [r for r in scored if r.get("extracted") is not None]
+    if not votes:
+        return 0.0
+    return sum(r.get("finish_reason") == "length" for r in votes) / len(votes)
 
 
 def group_diagnostics(

@@ -23,6 +23,7 @@ from typing import Any
 
 from selfimprove.errors import InputError
 from selfimprove.tasks.base import GOLD_KEYS, SPLITS, answers_equal, extract, find_gold_keys
+from selfimprove.textio import read_utf8
 
 
 @dataclass
@@ -37,6 +38,8 @@ class JsonlTask:
     extractor: str = "answer_is"
     extractor_options: dict[str, Any] = field(default_factory=dict)
     case_sensitive: bool = True
+    # prompt id -> its line in the file (for error messages that name file:line)
+    lines: dict[str, int] = field(default_factory=dict)
     # Worked solutions of base rows (prompt_id -> text), kept apart from the records like gold.
     completions: dict[str, str] = field(default_factory=dict)
 
@@ -151,60 +154,63 @@ def jsonl_task(
     records: list[dict[str, Any]] = []
     gold: dict[str, str] = {}
     splits: dict[str, str] = {}
+    lines: dict[str, int] = {}
     completions: dict[str, str] = {}
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            where = f"{p}:{lineno}"
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            if prompt_field not in row:
-                raise InputError(f"{where}: missing the prompt field {prompt_field!r} (keys: {sorted(row)})")
-            prompt = row.pop(prompt_field)
-            _check_prompt(prompt, where)
-            answer = row.pop(gold_field, None)
-            pid = row.pop(id_field, None)
-            split = row.pop("split", None)
-            completion = row.pop("completion", None)
-            leaks = find_gold_keys(row) + [f"{prompt_field}{k}" for k in find_gold_keys(prompt)]
-            if leaks:
+    content = read_utf8(p, "task file")
+    # split("\n") as reading the file line by line does (splitlines() would also cut at U+2028).
+    for lineno, line in enumerate(content.split("\n"), 1):
+        where = f"{p}:{lineno}"
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+        if prompt_field not in row:
+            raise InputError(f"{where}: missing the prompt field {prompt_field!r} (keys: {sorted(row)})")
+        prompt = row.pop(prompt_field)
+        _check_prompt(prompt, where)
+        answer = row.pop(gold_field, None)
+        pid = row.pop(id_field, None)
+        split = row.pop("split", None)
+        completion = row.pop("completion", None)
+        leaks = find_gold_keys(row) + [f"{prompt_field}{k}" for k in find_gold_keys(prompt)]
+        if leaks:
+            raise InputError(
+                f"{where}: field(s) {', '.join(leaks)} look like gold labels but are not the gold "
+                f"field {gold_field!r}; rename them or pass gold_field= (gold-named fields: "
+                f"{', '.join(sorted(GOLD_KEYS))})"
+            )
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        pid = str(pid) if pid is not None else f"{p.stem}-{digest[:12]}"
+        if pid in splits:
+            raise InputError(f"{where}: duplicate prompt id {pid!r}")
+        if split is None:
+            bucket = int(digest[:12], 16) / float(16**12)
+            split = "eval" if answer is not None and bucket < eval_fraction else "train"
+        elif split not in SPLITS:
+            raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if split == "eval" and answer is None:
+            raise InputError(f"{where}: an 'eval' row needs a gold answer in {gold_field!r}")
+        if completion is not None:
+            if split != "base":
                 raise InputError(
-                    f"{where}: field(s) {', '.join(leaks)} look like gold labels but are not the gold "
-                    f"field {gold_field!r}; rename them or pass gold_field= (gold-named fields: "
-                    f"{', '.join(sorted(GOLD_KEYS))})"
+                    f"{where}: a 'completion' (worked solution) is only allowed on 'base' rows "
+                    f"(pre-training material); on a {split!r} row it would carry the answer"
                 )
-            text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            pid = str(pid) if pid is not None else f"{p.stem}-{digest[:12]}"
-            if pid in splits:
-                raise InputError(f"{where}: duplicate prompt id {pid!r}")
-            if split is None:
-                bucket = int(digest[:12], 16) / float(16**12)
-                split = "eval" if answer is not None and bucket < eval_fraction else "train"
-            elif split not in SPLITS:
-                raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-            if split == "eval" and answer is None:
-                raise InputError(f"{where}: an 'eval' row needs a gold answer in {gold_field!r}")
-            if completion is not None:
-                if split != "base":
-                    raise InputError(
-                        f"{where}: a 'completion' (worked solution) is only allowed on 'base' rows "
-                        f"(pre-training material); on a {split!r} row it would carry the answer"
-                    )
-                if not isinstance(completion, str) or not completion.strip():
-                    raise InputError(f"{where}: 'completion' must be a non-empty string")
-                completions[pid] = completion
-            if answer is not None:
-                if isinstance(answer, (dict, list)):
-                    raise InputError(f"{where}: the gold field {gold_field!r} must be a string or number")
-                gold[pid] = str(answer)
-            splits[pid] = split
-            records.append({"prompt_id": pid, "prompt": prompt, "meta": row})
+            if not isinstance(completion, str) or not completion.strip():
+                raise InputError(f"{where}: 'completion' must be a non-empty string")
+            completions[pid] = completion
+        if answer is not None:
+            if isinstance(answer, (dict, list)):
+                raise InputError(f"{where}: the gold field {gold_field!r} must be a string or number")
+            gold[pid] = str(answer)
+        splits[pid] = split
+        lines[pid] = lineno
+        records.append({"prompt_id": pid, "prompt": prompt, "meta": row})
     if not records:
         raise InputError(f"{p}: the task file has no rows")
     return JsonlTask(
@@ -216,5 +222,6 @@ def jsonl_task(
         extractor=extractor,
         extractor_options=dict(extractor_options or {}),
         case_sensitive=case_sensitive,
+        lines=lines,
         completions=completions,
     )
