@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("selfimprove.loop.cli", "run label-free self-training rounds from a YAML config"),
     "report": ("selfimprove.loop.report_cli", "write the Markdown/HTML report of a run folder"),
     "demo": ("selfimprove.loop.demo_cli", "build the base model and run the demo recipe end to end"),
+    "optimize-prompt": (
+        "selfimprove.prompt_opt.cli",
+        "optimize a prompt without reference answers (prompt optimization, SPO)",
+    ),
 }
 
 
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfimprove {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Terminated:
-        hint = "; continue it with --resume" if args.command == "run" else ""
+        hint = "; continue it with --resume" if args.command in ("run", "optimize-prompt") else ""
         print(f"selfimprove {args.command}: terminated (SIGTERM){hint}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:

@@ -105,8 +105,21 @@ class TaskConfig(_Section):
         default_factory=dict, description="Keyword options of the user task's extractor (e.g. `pattern`)."
     )
 
+    system_prompt: str | None = Field(
+        None,
+        description="System message put before every train and eval prompt (the prompt a model is "
+        "self-trained with); null: none. Exclusive with `system_prompt_file`.",
+    )
+    system_prompt_file: str | None = Field(
+        None,
+        description="Text file whose content is the system message, read when the run starts or resumes; "
+        "e.g. `best_prompt.txt` of a `selfimprove optimize-prompt` workspace (prompt, then weights).",
+    )
+
     @model_validator(mode="after")
     def _source(self) -> TaskConfig:
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            raise ValueError("task.system_prompt and task.system_prompt_file are exclusive")
         if self.name is None and self.file is None:
             raise ValueError("give either task.name (a bundled task) or task.file (your JSONL)")
         if self.name is not None and self.file is not None:

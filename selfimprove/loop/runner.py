@@ -44,6 +44,7 @@ from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
 from selfimprove.runs.folder import LOCK_FILE, folder_lock, write_manifest
 from selfimprove.runs.folder import RunState as FolderState
+from selfimprove.tasks.base import SystemPromptTask
 
 STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
 STATE_FILE = "state.json"
@@ -171,9 +172,23 @@ def _load_task(config: RunConfig):
             options["extractor"] = t.extractor
         if t.extractor_options:
             options["extractor_options"] = dict(t.extractor_options)
-        return get_task(t.file, **options)
-    instruction = t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
-    return get_task(t.name, instruction=instruction)
+        task = get_task(t.file, **options)
+    else:
+        instruction = (
+            t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
+        )
+        task = get_task(t.name, instruction=instruction)
+    system_prompt = t.system_prompt
+    if t.system_prompt_file is not None:
+        try:
+            system_prompt = Path(t.system_prompt_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"task.system_prompt_file: cannot read {t.system_prompt_file} ({exc})"
+            ) from None
+        if not system_prompt:
+            raise ConfigError(f"task.system_prompt_file: {t.system_prompt_file} is empty")
+    return SystemPromptTask(task, system_prompt) if system_prompt else task
 
 
 def _train_seed(config: RunConfig, r: int) -> int:
