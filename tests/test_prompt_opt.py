@@ -914,3 +914,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, extra, needle):
     assert done.returncode == 2
     assert needle in done.stderr and done.stderr.count("\n") <= 2, done.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def test_docs_schema_table_is_current_and_every_key_documented(tmp_path):
+    """docs/prompt_opt.md's generated table matches the schema (regenerate: python -m selfimprove.prompt_opt.config)."""
+    from selfimprove.config.docs import iter_fields
+    from selfimprove.prompt_opt.config import DOC_INLINE, PromptOptConfig, update_docs
+
+    copy = tmp_path / "prompt_opt.md"
+    copy.write_text((REPO / "docs" / "prompt_opt.md").read_text())
+    assert not update_docs(copy), (
+        "docs/prompt_opt.md is stale: python -m selfimprove.prompt_opt.config docs/prompt_opt.md"
+    )
+    fields = list(iter_fields(PromptOptConfig, inline=DOC_INLINE))
+    assert not [p for p, _t, _d, desc in fields if not desc.strip()]

@@ -8,7 +8,7 @@ Examples:
   selfimprove optimize-prompt configs/prompt_opt/short_answer.yaml model=/models/smollm --workspace ws/short
   selfimprove optimize-prompt task.yaml backend=openai model=gpt-4o-mini \\
       options.base_url=https://api.openai.com/v1 rounds=5 --workspace ws/task
-  selfimprove optimize-prompt task.yaml --workspace ws/task --resume rounds=15
+  selfimprove optimize-prompt task.yaml rounds=15 --workspace ws/task --resume
 """
 
 from __future__ import annotations

@@ -229,8 +229,8 @@ class HeldoutConfig(Section):
     )
     checker: CheckerConfig | None = Field(
         None,
-        description="How an answer passes; null: by its reference answer (the normalised reference "
-        "occurs in the answer); questions with neither are left out.",
+        description="How an answer passes; null: by its reference answer (it occurs in the answer as "
+        "whole words, case and punctuation ignored); questions with neither are left out.",
     )
 
 
@@ -498,6 +498,17 @@ def dump_task(cfg: PromptOptConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
 
 
+# Sub-configs documented as keys with their fields below them (list items, optional settings).
+DOC_INLINE = (QAItem, PriceConfig, CheckerConfig)
+
+
+def update_docs(path: str | Path) -> bool:
+    """Rewrite the schema table of docs/prompt_opt.md (between the schema markers); True if changed."""
+    from selfimprove.config.docs import update_docs as _update_docs
+
+    return _update_docs(path, PromptOptConfig, inline=DOC_INLINE)
+
+
 __all__ = [
     "BACKENDS",
     "ROLES",
@@ -523,4 +534,12 @@ __all__ = [
     "resolve_callable",
     "role_spec",
     "task_from_dict",
+    "update_docs",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for target in sys.argv[1:] or ["docs/prompt_opt.md"]:
+        print(f"{target}: {'updated' if update_docs(target) else 'up to date'}")
