@@ -676,7 +676,7 @@ def test_missing_model_and_bad_templates_name_the_key(tmp_path):
         load_task(write(tmp_path, base), ["model=m", "evaluator.template='{question} {response_b}'"])
     with pytest.raises(ConfigError, match=r"command-line override 'evaluator.template=nope'.*not found"):
         load_task(write(tmp_path, base), ["model=m", "evaluator.template=nope"])
-    with pytest.raises(ConfigError, match=r"heldout.checker.function: cannot import 'no_such_module'"):
+    with pytest.raises(ConfigError, match=r"heldout.checker.function: cannot import module 'no_such_module'"):
         load_task(write(tmp_path, base), ["model=m", "heldout.checker.function=no_such_module:f"])
     with pytest.raises(
         ConfigError, match=r"heldout.checker.options: 'max_word' is not an option.*did you mean 'max_words'"
@@ -736,6 +736,7 @@ def scripted_server(judge="newer", hold=None, fail_every=0, hold_always=False):
             with lock:
                 count["n"] += 1
                 n = count["n"]
+                count.setdefault("auth", set()).add(self.headers.get("Authorization"))
             if fail_every and n % fail_every == 0:
                 self.send_response(500)
                 self.send_header("Content-Length", "4")
@@ -778,9 +779,8 @@ def scripted_server(judge="newer", hold=None, fail_every=0, hold_always=False):
         server.server_close()
 
 
-def cli(
-    task: Path, ws: Path, url: str, *overrides: str, flags=(), timeout: float = 120
-) -> subprocess.CompletedProcess:
+def cli_cmd(task: Path, ws: Path, url: str, *overrides: str, flags=()) -> list[str]:
+    """``selfimprove optimize-prompt`` on the scripted server (openai backend, no backend retries)."""
     cmd = [
         sys.executable,
         "-m",
@@ -791,8 +791,12 @@ def cli(
         "model=scripted",
     ]
     cmd += [f"options.base_url={url}", "options.max_retries=0", *overrides]
-    cmd += ["--workspace", str(ws), "--no-progress", *flags]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return [*cmd, "--workspace", str(ws), "--no-progress", *flags]
+
+
+def cli(task: Path, ws: Path, url: str, *overrides: str, flags=(), timeout: float = 120, env=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    cmd = cli_cmd(task, ws, url, *overrides, flags=flags)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -839,24 +843,11 @@ def test_cli_resume_after_kill_9_gives_the_same_workspace(tmp_path):
         assert done.returncode == 0, done.stderr
         assert "best prompt (round 4):\nPrompt version 4: be brief." in done.stdout
     with scripted_server(hold=judge_of_round_3) as (url, held, count):
-        cmd = [
-            sys.executable,
-            "-m",
-            "selfimprove.cli",
-            "optimize-prompt",
-            str(task),
-            "backend=openai",
-            "model=scripted",
-        ]
-        cmd += [
-            f"options.base_url={url}",
-            "options.max_retries=0",
-            "--workspace",
-            str(tmp_path / "ws"),
-            "--no-progress",
-        ]
         proc = subprocess.Popen(
-            cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cli_cmd(task, tmp_path / "ws", url),
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         assert held.wait(60), "the run never reached round 3's judge"
         os.kill(proc.pid, signal.SIGKILL)
@@ -873,9 +864,14 @@ def test_cli_resume_after_kill_9_gives_the_same_workspace(tmp_path):
 
 def test_cli_server_errors_are_retried_and_counted(tmp_path):
     task = task_file(tmp_path)
+    secret = "sk-test-secret-0123456789"
     with scripted_server(fail_every=4) as (url, _held, count):
-        done = cli(task, tmp_path / "ws", url, "rounds=2")
+        done = cli(task, tmp_path / "ws", url, "rounds=2", env={"OPENAI_API_KEY": secret})
     assert done.returncode == 0, done.stderr
+    assert count["auth"] == {f"Bearer {secret}"}  # the key came from the environment ...
+    for f in (tmp_path / "ws").rglob("*"):  # ... and is written nowhere
+        assert not f.is_file() or secret not in f.read_text(errors="replace")
+    assert secret not in done.stdout + done.stderr
     cost = json.loads((tmp_path / "ws/cost.json").read_text())
     assert cost["total"]["failed_calls"] > 0
     assert cost["total"]["calls"] == count["n"]  # every request, failed ones included, is counted

@@ -17,36 +17,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from selfimprove.config.cli import add_config_arguments, add_run_arguments, overrides_of
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``selfimprove optimize-prompt``."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("task", help="task file (MetaGPT's SPO format plus optional settings)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key.sub=value",
-        help="override task keys; values are parsed as YAML (e.g. model=DIR rounds=5 evaluator.mode=logprob)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="more_overrides",
-        action="append",
-        default=[],
-        metavar="key.sub=value",
-        help="an override given after other options (repeatable); same as a positional override",
+    add_config_arguments(
+        parser,
+        "task",
+        "task file (MetaGPT's SPO format plus optional settings; see docs/prompt_opt.md)",
+        "model=DIR rounds=5 evaluator.mode=logprob",
     )
     parser.add_argument(
         "--workspace", default=None, help="workspace folder (default: runs/prompt_opt/<task name>)"
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in the workspace")
-    parser.add_argument(
-        "--force", action="store_true", help="with --resume: continue even though the settings changed"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument(
-        "--no-report", action="store_true", help="do not write report.md/report.html at the end"
-    )
+    add_run_arguments(parser, "continue the run in the workspace (also after kill -9)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.force and not args.resume:
         print("selfimprove optimize-prompt: note: --force only matters with --resume", file=sys.stderr)
-    cfg = load_task(args.task, [*args.overrides, *args.more_overrides])
+    cfg = load_task(args.task, overrides_of(args))
     workspace = Path(args.workspace) if args.workspace else Path("runs") / "prompt_opt" / str(cfg.name)
     argv = sys.argv[1:]
     result = optimize_prompt(

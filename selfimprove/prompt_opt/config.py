@@ -42,6 +42,13 @@ JUDGE_REQUIRED = ("question", "response_a", "response_b")
 DEFAULT_CHECKER = "selfimprove.prompt_opt.checks:check_answer"
 
 
+def _stripped(v: str, what: str) -> str:
+    v = v.strip()
+    if not v:
+        raise ValueError(f"the {what} is empty")
+    return v
+
+
 def _none_if_placeholder(v: Any) -> Any:
     if isinstance(v, str) and v.strip().lower() in _NONE_STRINGS:
         return None
@@ -62,10 +69,7 @@ class QAItem(Section):
     @field_validator("question")
     @classmethod
     def _question(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("the question is empty")
-        return v
+        return _stripped(v, "question")
 
     @field_validator("answer", mode="before")
     @classmethod
@@ -273,10 +277,7 @@ class PromptOptConfig(Section):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str) -> str:
-        v = v.strip()
-        if not v:
-            raise ValueError("the prompt to optimize is empty")
-        return v
+        return _stripped(v, "prompt to optimize")
 
     @field_validator("requirements", mode="before")
     @classmethod
@@ -422,21 +423,14 @@ def _backend_class(backend: str) -> Any:
 
 
 def resolve_callable(spec: str, key: str, where: KeySource | None = None) -> Any:
-    """Import ``module:function``; a ConfigError naming ``key`` when it cannot be found."""
-    import importlib
+    """Import ``module:function``; a ConfigError naming ``key`` (and its file:line) when it cannot."""
+    from selfimprove.score.extract import load_callable
 
-    prefix = where(tuple(key.split("."))) if where is not None else ""
-    if ":" not in spec:
-        raise ConfigError(f"{prefix}{key}: expected 'module:function', got {spec!r}")
-    module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{prefix}{key}: cannot import {module_name!r} ({exc})") from None
-    func = getattr(module, attr, None)
-    if not callable(func):
-        raise ConfigError(f"{prefix}{key}: {module_name!r} has no function {attr!r}")
-    return func
+        return load_callable(spec)
+    except ConfigError as exc:
+        prefix = where(tuple(key.split("."))) if where is not None else ""
+        raise ConfigError(f"{prefix}{key}: {exc}") from None
 
 
 def check_config(cfg: PromptOptConfig, where: KeySource) -> None:
