@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -319,6 +320,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/prompt_opt.md")
     p.add_argument("--workdir", default=None, help="keep the workspaces here (default: a temporary folder)")
     args = p.parse_args()
+    # SIGTERM unwinds (SystemExit), so the finally below shuts the vLLM engine down
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     start = datetime.now(timezone.utc)
     model = args.model or default_model()
     from selfimprove.generate import build_generator
@@ -336,14 +339,9 @@ def main() -> None:
             for scheme, extra in SCHEMES.items():
                 rows = []
                 for task in args.tasks:
+                    name = f"cost-{scheme.replace(' ', '').replace(',', '-')}-{task}"
                     ws = run_one(
-                        task,
-                        0,
-                        args.cost_rounds,
-                        extra,
-                        gen,
-                        root,
-                        f"cost-{scheme.replace(' ', '').replace(',', '-')}-{task}",
+                        task, 0, args.cost_rounds, [*extra, "heldout.enabled=false"], gen, root, name
                     )
                     rows += round_costs(ws)
                     if scheme == "both, per question":
@@ -354,7 +352,7 @@ def main() -> None:
                     task,
                     0,
                     args.cost_rounds,
-                    ["optimizer.reply=tagged", "optimizer.max_tokens=256"],
+                    ["optimizer.reply=tagged", "optimizer.max_tokens=256", "heldout.enabled=false"],
                     gen,
                     root,
                     f"tagged-{task}",

@@ -161,7 +161,12 @@ class EvaluatorConfig(RoleConfig):
     max_tokens: int | None = Field(
         None, ge=1, description="Maximum new tokens per reply; null: 512 in text mode, 1 in logprob mode."
     )
-    repeats: int = Field(1, ge=1, description="Calls per comparison and order (each seeded differently).")
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="Calls per comparison and order, each seeded differently (at temperature 0, and in "
+        "logprob mode, repeats give the same verdict: raise the temperature for several).",
+    )
     orders: Literal["both", "one_random"] = Field(
         "both",
         description="`both`: every comparison in both orders, counted only when both answered (position "
