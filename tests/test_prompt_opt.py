@@ -401,6 +401,15 @@ def test_reference_answers_never_reach_optimizer_or_judge(tmp_path):
             assert SENTINEL not in f.read_text()
 
 
+def test_count_reaches_the_optimizer_and_is_recorded(tmp_path):
+    res, gen = run_scripted(tmp_path, count=12, rounds=1)
+    (sent,) = gen.by_role("optimizer")
+    assert "the complete new prompt, within 12 words</prompt>" in sent[-1]["content"]
+    res, gen = run_scripted(tmp_path, name="none", rounds=1)
+    assert "the complete new prompt</prompt>" in gen.by_role("optimizer")[0][-1]["content"]
+    assert res.history[1]["prompt_words"] == 5
+
+
 def test_reference_guided_mode_shows_references_to_the_optimizer_only(tmp_path):
     res, gen = run_scripted(tmp_path, reference_guided=True)
     assert all(SENTINEL in p[-1]["content"] for p in gen.by_role("optimizer"))
