@@ -18,6 +18,14 @@ package into ``$SELFIMPROVE_CACHE``), one engine shared by all roles and runs.
    judged again the published way (set-level, 4 calls with a random order each, adopt when wins >
    losses, so a 2-2 split rejects) to compare the two decision rules on identical inputs.
 
+3. **Judge vs checker on a known difference** (``--part judge``): the optimizer is left out. For
+   each task every question is answered with the initial prompt (A) and with the task's
+   requirements as the prompt (B, a challenger a good optimizer might write); the checker scores
+   every answer. Per question where exactly one answer passes, does the judge prefer it: both
+   orders (counted when the mean preference leaves 0.5 by the decision margin) vs one order drawn
+   at random (the published scheme's per-call view)? And on question samples of 3 (one per seed),
+   the decision of the default rule vs the published rule vs the checker's preference.
+
 Usage: ``python benchmarks/bench_prompt_opt.py [--model DIR] [--backend vllm|hf] [--part cost efficacy]
 [--tasks short_answer json_answer three_bullets] [--seeds 0 1 2] [--rounds 4]
 [--out benchmarks/results/prompt_opt.md]``
@@ -212,6 +220,112 @@ def agreement(rounds: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
+def judge_vs_checker(task: str, gen: Any, seeds: Sequence[int], margin: float = 0.05) -> dict[str, Any]:
+    """Initial prompt (A) vs the requirements as the prompt (B) on every question of a task."""
+    from selfimprove.generate.base import Sampling
+    from selfimprove.prompt_opt import load_task
+    from selfimprove.prompt_opt.optimizer import decide, draw_sample, executor_messages
+    from selfimprove.score.judges import PairwiseJudge
+    from selfimprove.score.judging import compare_output_sets
+
+    cfg = load_task(TASKS_DIR / f"{task}.yaml", ["model=unused", *SMALL_MODEL])
+    check = checker_for(task)
+    questions = [q.question for q in cfg.qa_items()]
+    sampling = Sampling(n=1, temperature=0.0, max_tokens=cfg.executor.max_tokens, seed=0)
+
+    def answers(prompt: str) -> list[str]:
+        out = gen.generate([executor_messages(prompt, q) for q in questions], sampling)
+        return [c[0].text.strip() for c in out]
+
+    a, b = answers(cfg.prompt), answers(cfg.requirements)
+    pass_a = [check(x, q) for x, q in zip(a, questions, strict=True)]
+    pass_b = [check(x, q) for x, q in zip(b, questions, strict=True)]
+    judge = PairwiseJudge(gen, requirements=cfg.requirements, template="judge_pairwise", mode="logprob")
+    both = compare_output_sets(judge, questions, a, b, seed=0)
+    one = compare_output_sets(judge, questions, a, b, orders="one_random", seed=0)
+    per_question = []
+    for i, q in enumerate(questions):
+        if pass_a[i] == pass_b[i]:
+            continue
+        truth = "B" if pass_b[i] else "A"
+        pb = both.items[i].preference_b
+        both_verdict = (
+            "B"
+            if pb is not None and pb > 0.5 + margin
+            else ("A" if pb is not None and pb < 0.5 - margin else "none")
+        )
+        po = one.items[i].preference_b
+        one_verdict = "B" if po is not None and po > 0.5 else ("A" if po is not None and po < 0.5 else "none")
+        per_question.append(
+            {"question": q, "checker": truth, "both": both_verdict, "pref_b": pb, "one_random": one_verdict}
+        )
+    samples = []
+    for seed in seeds:
+        idx = draw_sample(len(questions), cfg.sample.size, seed)
+        qs = [questions[i] for i in idx]
+        sa, sb = [a[i] for i in idx], [b[i] for i in idx]
+        pa, pb_ = sum(pass_a[i] for i in idx), sum(pass_b[i] for i in idx)
+        comp = compare_output_sets(judge, qs, sa, sb, seed=100 + seed)
+        s = comp.summary()
+        default_rule = decide(s["preference_b"], s["judged"], s["items"], margin=margin, min_judged=0.5)[0]
+        pub = published_decision(gen, cfg.requirements, qs, sa, sb, seed=200 + seed)
+        samples.append(
+            {
+                "seed": seed,
+                "checker": "B" if pb_ > pa else ("A" if pb_ < pa else "tie"),
+                "pass_a": pa,
+                "pass_b": pb_,
+                "default": default_rule,
+                "preference_b": s["preference_b"],
+                "published": pub["decision"],
+            }
+        )
+    return {
+        "task": task,
+        "questions": len(questions),
+        "pass_initial": sum(pass_a),
+        "pass_requirements_prompt": sum(pass_b),
+        "first_position_preference": both.summary()["first_position_preference"],
+        "per_question": per_question,
+        "samples": samples,
+    }
+
+
+def render_judge(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "## Judge vs checker on a known difference (initial prompt vs the requirements as the prompt)",
+        "",
+        "| task | questions | checker passes: initial / requirements prompt | questions where exactly one passes | both orders: right / wrong / undecided | one random order: right / wrong | judge's mean P(first position better) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pq = r["per_question"]
+        both = [x["both"] for x in pq]
+        one = [x["one_random"] for x in pq]
+        right_b = sum(v == x["checker"] for v, x in zip(both, pq, strict=True))
+        wrong_b = sum(v not in ("none", x["checker"]) for v, x in zip(both, pq, strict=True))
+        right_o = sum(v == x["checker"] for v, x in zip(one, pq, strict=True))
+        fp = r["first_position_preference"]
+        lines.append(
+            f"| {r['task']} | {r['questions']} | {r['pass_initial']} / {r['pass_requirements_prompt']} | {len(pq)} | "
+            f"{right_b} / {wrong_b} / {both.count('none')} | {right_o} / {len(pq) - right_o} | {'n/a' if fp is None else f'{fp:.3f}'} |"
+        )
+    lines += [
+        "",
+        "Decisions on 3-question samples (adopt = the requirements prompt B replaces the initial one):",
+        "",
+        "| task | seed | checker passes A / B | checker prefers | default rule (both orders, margin 0.05) | P(B better) | published rule (4 random-order set calls, wins > losses) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for s in r["samples"]:
+            pref = "n/a" if s["preference_b"] is None else f"{s['preference_b']:.3f}"
+            lines.append(
+                f"| {r['task']} | {s['seed']} | {s['pass_a']} / {s['pass_b']} | {s['checker']} | {s['default']} | {pref} | {s['published']} |"
+            )
+    return [*lines, ""]
+
+
 def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -312,7 +426,7 @@ def main() -> None:
         "--model", default=None, help="model folder (default: SmolLM2-135M-Instruct from the cache)"
     )
     p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--part", nargs="+", default=["cost", "efficacy"], choices=["cost", "efficacy"])
+    p.add_argument("--part", nargs="+", default=["cost", "efficacy"], choices=["cost", "efficacy", "judge"])
     p.add_argument("--tasks", nargs="+", default=["short_answer", "json_answer", "three_bullets"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=4)
@@ -333,7 +447,7 @@ def main() -> None:
     )
     gen = build_generator(args.backend, model, **options)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prompt_opt_"))
-    raw: dict[str, Any] = {"cost": {}, "outcomes": {}, "efficacy": []}
+    raw: dict[str, Any] = {"cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
     try:
         if "cost" in args.part:
             for scheme, extra in SCHEMES.items():
@@ -358,6 +472,9 @@ def main() -> None:
                     f"tagged-{task}",
                 )
                 raw["outcomes"].setdefault("tagged", []).extend(optimizer_outcomes(ws))
+        if "judge" in args.part:
+            for task in args.tasks:
+                raw["judge"].append(judge_vs_checker(task, gen, args.seeds))
         if "efficacy" in args.part:
             for task in args.tasks:
                 for seed in args.seeds:
@@ -383,6 +500,8 @@ def main() -> None:
     ]
     if raw["cost"]:
         lines += render_cost(raw["cost"], raw["outcomes"])
+    if raw["judge"]:
+        lines += render_judge(raw["judge"])
     if raw["efficacy"]:
         lines += render_efficacy(raw["efficacy"])
         lines += ["## Best prompts", ""]
