@@ -26,10 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-dir", default=None, help="run folder (default: output.run_dir or runs/<name>)")
     add_run_arguments(parser, "continue an interrupted run in the run folder from its last stage")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the engines' own output (vLLM's log, TRL's per-step metrics, library warnings) on the "
+        "terminal; by default it goes to RUN_DIR/run.log",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate the config, run or resume the rounds, print the round table and write the report."""
+    from selfimprove.console import quiet_output
     from selfimprove.loop.config import load_config
     from selfimprove.loop.runner import resolve_run_dir, round_table
     from selfimprove.loop.runner import run as run_loop
@@ -38,31 +45,31 @@ def run(args: argparse.Namespace) -> int:
         print("selfimprove run: note: --force only matters with --resume", file=sys.stderr)
     cfg = load_config(args.config, overrides_of(args))
     run_dir = resolve_run_dir(cfg, args.run_dir)
-    summary = run_loop(
-        cfg,
-        run_dir,
-        resume=args.resume,
-        force=args.force,
-        command=["selfimprove", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else None,
-        progress=not args.no_progress,
-    )
-    print(round_table(summary["history"], cfg.evaluation.k))
-    for warning in summary.get("warnings", []):
-        print(f"warning: {warning}")
-    if summary.get("stopped"):
-        print(f"stopped: {summary['stopped']}")
-    if summary.get("best_round") is not None:
-        print(
-            f"best round (label-free: {summary['best_round_rule']}): {summary['best_round']}"
-            f" (score {summary['best_round_score']:.3f})"
+    with quiet_output(args.verbose) as out:
+        summary = run_loop(
+            cfg,
+            run_dir,
+            resume=args.resume,
+            force=args.force,
+            command=["selfimprove", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else None,
+            progress=not args.no_progress,
         )
-    if not args.no_report:
-        try:
+        log = out.keep_log(run_dir)
+        out.echo(round_table(summary["history"], cfg.evaluation.k))
+        for warning in summary.get("warnings", []):
+            out.echo(f"warning: {warning}")
+        if summary.get("stopped"):
+            out.echo(f"stopped: {summary['stopped']}")
+        if summary.get("best_round") is not None:
+            out.echo(
+                f"best round (label-free: {summary['best_round_rule']}): {summary['best_round']}"
+                f" (score {summary['best_round_score']:.3f})"
+            )
+        if not args.no_report:
             from selfimprove.loop.report import write_report
-        except ImportError:
-            write_report = None
-        if write_report is not None:
+
             paths = write_report(run_dir)
-            print(f"report: {paths['md']} and {paths['html']}")
-    print(f"run folder: {run_dir}")
+            out.echo(f"report: {paths['md']} and {paths['html']}")
+        out.echo(f"run folder: {run_dir}" + (f" (engine log: {log})" if log else ""))
+        out.keep_log(run_dir)
     return 0

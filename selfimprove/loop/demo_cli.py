@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 # The recipes ship inside the package (selfimprove/configs links to configs/ at the repository root).
@@ -43,17 +44,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="resume the run folder even though the demo config changed"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the engines' own output (vLLM's log, TRL's per-step metrics, library warnings) on the "
+        "terminal; by default it goes to OUT/run.log",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Build/reuse the base model, run or resume the demo, print the table, write the report."""
-    import time
-
+    from selfimprove.console import quiet_output
     from selfimprove.errors import InputError
     from selfimprove.loop.config import load_config
-    from selfimprove.loop.report import write_report
-    from selfimprove.loop.runner import resolve_model, round_table
-    from selfimprove.loop.runner import run as run_loop
+    from selfimprove.loop.runner import round_table
 
     if args.rounds is not None and args.rounds < 1:
         raise InputError(f"--rounds must be >= 1, got {args.rounds}")
@@ -61,41 +65,54 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds is not None:
         overrides.append(f"loop.rounds={args.rounds}")
     cfg = load_config(args.config, overrides)
+    with quiet_output(args.verbose) as out:
+        paths, summary, start = _run_demo(args, cfg, out)
+        log = out.keep_log(Path(args.out))
+        out.echo()
+        out.echo(round_table(summary["history"], cfg.evaluation.k))
+        hist = summary["history"]
+        base = next((m for m in hist if m["round"] == 0), None)
+        if base is not None and len(hist) > 1 and "eval/pass@1" in base:
+            last = hist[-1]
+            out.echo(
+                f"\nheld-out pass@1: {100 * base['eval/pass@1']:.1f}% (base) -> {100 * last['eval/pass@1']:.1f}% "
+                f"after round {last['round']} ({100 * (last['eval/pass@1'] - base['eval/pass@1']):+.1f} points), "
+                "no label used in training"
+            )
+        if summary.get("stopped"):
+            out.echo(f"stopped: {summary['stopped']}")
+        out.echo(f"best round (label-free pick): {summary.get('best_round')}")
+        out.echo(
+            f"report: {paths['md']} (and {Path(paths['html']).name}); total {time.perf_counter() - start:.0f} s"
+            + (f"; engine log: {log}" if log else "")
+        )
+        out.keep_log(Path(args.out))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace, cfg, out):
+    """Resolve the base model, run or resume the rounds, write the report."""
+    from selfimprove.errors import InputError
+    from selfimprove.loop.report import write_report
+    from selfimprove.loop.runner import run as run_loop
+    from selfimprove.models.loading import resolve_model
+
     start = time.perf_counter()
-    # Built (minutes, once) or reused from the cache before the loop starts, so the time is visible.
-    print(f"base model: {cfg.model.path}", flush=True)
+    out.echo(f"base model: {cfg.model.path}")
     model_dir = resolve_model(cfg.model.path, progress=not args.no_progress)
-    print(f"base model folder: {model_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
-    out = Path(args.out)
-    resume = (out / "state.json").exists()
+    out.echo(f"base model folder: {model_dir} ({time.perf_counter() - start:.0f} s)")
+    run_dir = Path(args.out)
+    resume = (run_dir / "state.json").exists()
     if resume and args.fresh:
-        raise InputError(f"{out} already holds a run; drop --fresh to resume it, or choose another --out")
+        raise InputError(f"{run_dir} already holds a run; drop --fresh to resume it, or choose another --out")
     if resume:
-        print(f"resuming the run in {out}", flush=True)
+        out.echo(f"resuming the run in {run_dir}")
     summary = run_loop(
         cfg,
-        out,
+        run_dir,
         resume=resume,
         force=args.force,
         command=["selfimprove", "demo", *sys.argv[2:]],
         progress=not args.no_progress,
     )
-    paths = write_report(out)
-    print()
-    print(round_table(summary["history"], cfg.evaluation.k))
-    hist = summary["history"]
-    base = next((m for m in hist if m["round"] == 0), None)
-    if base is not None and len(hist) > 1 and "eval/pass@1" in base:
-        last = hist[-1]
-        print(
-            f"\nheld-out pass@1: {100 * base['eval/pass@1']:.1f}% (base) -> {100 * last['eval/pass@1']:.1f}% "
-            f"after round {last['round']} ({100 * (last['eval/pass@1'] - base['eval/pass@1']):+.1f} points), "
-            "no label used in training"
-        )
-    if summary.get("stopped"):
-        print(f"stopped: {summary['stopped']}")
-    print(f"best round (label-free pick): {summary.get('best_round')}")
-    print(
-        f"report: {paths['md']} (and {Path(paths['html']).name}); total {time.perf_counter() - start:.0f} s"
-    )
-    return 0
+    return write_report(run_dir), summary, start

@@ -1,0 +1,60 @@
+"""Quiet by default: `selfimprove run` keeps the engines' output off the terminal and in RUN_DIR/run.log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "loop.rounds=1",
+    "task.train_size=16",
+    "task.eval_size=16",
+    "generation.n=4",
+    "evaluation.n=2",
+    "evaluation.k=[1, 2]",
+    "data.sft.min_majority_ratio=0.5",
+]
+
+
+def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfimprove.cli",
+        "run",
+        str(REPO / "configs" / "demo.yaml"),
+        *SMALL,
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_run_is_quiet_and_logs_the_engines_to_the_run_folder(tmp_path):
+    proc = _run(tmp_path, "--run-dir", "quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    terminal = proc.stdout + proc.stderr
+    # the command's own output is there
+    assert "round 1: train" in terminal
+    assert "pass@1" in terminal and "run folder: quiet" in terminal
+    # the engines' is not: vLLM's INFO log lines (main and engine process), TRL's metric dicts
+    assert "INFO" not in terminal
+    assert "{'loss'" not in terminal
+    log = (tmp_path / "quiet" / "run.log").read_text(encoding="utf-8")
+    assert "INFO" in log and "EngineCore" in log
+    assert "'loss'" in log
+
+
+@pytest.mark.slow
+def test_verbose_shows_the_engines_output(tmp_path):
+    proc = _run(tmp_path, "--run-dir", "loud", "--verbose")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "INFO" in proc.stdout + proc.stderr
+    assert not (tmp_path / "loud" / "run.log").exists()
