@@ -25,7 +25,7 @@ from selfimprove.loop._io import read_jsonl  # noqa: E402
 from selfimprove.loop.config import GuardConfig  # noqa: E402
 from selfimprove.loop.guard import check_collapse, guard_settings  # noqa: E402
 
-# Each rule alone, at the threshold the guard used until session 17 (entropy, distinct) or uses now.
+# Each rule alone, at the threshold the guard used until 2026-12-05 (entropy, distinct) or uses now.
 RULES: dict[str, dict[str, float]] = {
     "min_entropy_ratio=0.3": {"min_entropy_ratio": 0.3},
     "min_entropy_ratio=0.1": {"min_entropy_ratio": 0.1},

@@ -3,7 +3,7 @@
 
 Self-contained problem makers (NOT the package's tasks; eval problems drawn like training ones), the
 compact chat template, optional answer-format instruction prefix (--instr). Results:
-benchmarks/results/base_model_search.md (session 3). Example:
+benchmarks/results/base_model_search.md (2026-11-24). Example:
     OMP_NUM_THREADS=1 python benchmarks/base_model_fast_sweep.py --task sort --steps 2000 --evals 500,1000
 """
 

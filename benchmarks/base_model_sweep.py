@@ -1,5 +1,5 @@
 # ruff: noqa: E701, E702
-"""Research sweep (session 2): can the embedded base model become partially competent in minutes?
+"""Research sweep (2026-11-23): can the embedded base model become partially competent in minutes?
 
 Trains the tiny Qwen2 of selfimprove.models.tiny on a bundled family's demonstrations (or a
 variant of its solution format / lengths, patched in here, not in the package) and measures sampled

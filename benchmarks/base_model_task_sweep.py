@@ -1,7 +1,7 @@
 """Session-3 research sweep on the package's tasks: held-out eval split, compact template, no
 instruction, slipped corpus from --slipfrom on: what build-base does (the same training function,
 `train_on_demonstrations`), with greedy and sampled accuracy measured at the --evals steps.
-Results: benchmarks/results/base_model_search.md (session 3). Example:
+Results: benchmarks/results/base_model_search.md (2026-11-24). Example:
     OMP_NUM_THREADS=1 python benchmarks/base_model_task_sweep.py --task sorting --slip 0.5 \
         --steps 2000 --evals 500,1000,1500,2000
 """

