@@ -28,7 +28,9 @@ package into ``$SELFIMPROVE_CACHE``), one engine shared by all roles and runs.
 
 Usage: ``python benchmarks/bench_prompt_opt.py [--model DIR] [--backend vllm|hf] [--part cost efficacy]
 [--tasks short_answer json_answer three_bullets] [--seeds 0 1 2] [--rounds 4]
-[--out benchmarks/results/prompt_opt.md]``
+[--out benchmarks/results/prompt_opt/results.md] [--render RAW.json]``
+
+``--render`` writes the Markdown again from a finished run's raw JSON (no model is loaded).
 """
 
 from __future__ import annotations
@@ -397,6 +399,18 @@ def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             f"| {task} | {len(rs)} | {mean_sd([r['heldout_initial'] for r in rs])} | {mean_sd([r['heldout_best'] for r in rs])} | "
             f"{sum(r['best_round'] != 1 for r in rs)} of {len(rs)} | {decisions} |"
         )
+    lines += [
+        "",
+        "Per run (held-out: the bundled questions outside the run's 3-question sample):",
+        "",
+        "| task | seed | held-out questions | initial prompt | best prompt | best round | decisions, rounds 2.. | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["task"], r["seed"])):
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {r['heldout_questions']} | {fmt_pct(r['heldout_initial'])} | "
+            f"{fmt_pct(r['heldout_best'])} | {r['best_round']} | {', '.join(r['decisions'][1:])} | {r['seconds']:.0f} |"
+        )
     rounds = [x for r in runs for x in r["rounds"]]
     lines += [
         "",
@@ -419,6 +433,46 @@ def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def render_all(raw: Mapping[str, Any]) -> list[str]:
+    """The whole Markdown result from the raw record (``meta`` and the parts' rows)."""
+    meta = raw["meta"]
+    lines = [
+        "# Prompt optimization (SPO) on the bundled tasks",
+        "",
+        f"- **Command:** `{meta['command']}`",
+        f"- **Date:** {meta['start']} to {meta['end']} UTC; commit {meta['commit']}",
+        f"- **Machine:** {meta['nproc']} cores, {meta['cpu']}, GPUs: {meta['gpus']}; load average "
+        f"{meta['load_end']:.1f} at the end (shared machine)",
+        f"- **Model:** every role {meta['model']}, backend {meta['backend']}, one engine; "
+        f"settings {' '.join(SMALL_MODEL)}",
+        f"- **Runs:** tasks {', '.join(meta['tasks'])}; efficacy seeds {meta['seeds']}, {meta['rounds']} rounds after "
+        f"round 1; cost part seed 0, {meta['cost_rounds']} rounds",
+        "",
+    ]
+    if raw["cost"]:
+        lines += render_cost(raw["cost"], raw["outcomes"])
+    if raw["judge"]:
+        lines += render_judge(raw["judge"])
+    if raw["efficacy"]:
+        lines += render_efficacy(raw["efficacy"])
+        lines += ["## Best prompts", ""]
+        for r in raw["efficacy"]:
+            lines.append(
+                f"- {r['task']} seed {r['seed']} (round {r['best_round']}): {json.dumps(r['best_prompt'][:300])}"
+            )
+        lines.append("")
+    return lines
+
+
+def write_result(raw: Mapping[str, Any], out: Path) -> None:
+    """Write the Markdown result and the raw JSON beside it (``NAME_raw.json``)."""
+    lines = render_all(raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    out.with_name(out.stem + "_raw.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     """Run the parts asked for and write the Markdown result (and the raw JSON beside it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -431,9 +485,13 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--cost-rounds", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/prompt_opt.md")
+    p.add_argument("--out", default="benchmarks/results/prompt_opt/results.md")
     p.add_argument("--workdir", default=None, help="keep the workspaces here (default: a temporary folder)")
+    p.add_argument("--render", default=None, help="only write the Markdown again from this raw JSON")
     args = p.parse_args()
+    if args.render:
+        write_result(json.loads(Path(args.render).read_text()), Path(args.out))
+        return
     # SIGTERM unwinds (SystemExit), so the finally below shuts the vLLM engine down
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     start = datetime.now(timezone.utc)
@@ -448,7 +506,33 @@ def main() -> None:
     gen = build_generator(args.backend, model, **options)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prompt_opt_"))
     raw: dict[str, Any] = {"cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
-    try:
+    machine = machine_info()
+
+    def checkpoint() -> None:
+        """Write what is measured so far (after every part, so a stopped run keeps its finished parts)."""
+        raw["meta"] = {
+            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+            "start": f"{start:%Y-%m-%d %H:%M}",
+            "end": f"{datetime.now(timezone.utc):%H:%M}",
+            "commit": git_commit(),
+            **machine,
+            "load_end": os.getloadavg()[0],
+            "model": "SmolLM2-135M-Instruct" if args.model is None else args.model,
+            "backend": args.backend,
+            "tasks": args.tasks,
+            "seeds": args.seeds,
+            "rounds": args.rounds,
+            "cost_rounds": args.cost_rounds,
+        }
+        write_result(raw, Path(args.out))
+
+    try:  # efficacy first: the longest part, and the one a stopped run should keep
+        if "efficacy" in args.part:
+            for task in args.tasks:
+                for seed in args.seeds:
+                    ws = run_one(task, seed, args.rounds, [], gen, root, f"eff-{task}-s{seed}")
+                    raw["efficacy"].append(efficacy_rows(ws, task, gen, seed))
+                    checkpoint()
         if "cost" in args.part:
             for scheme, extra in SCHEMES.items():
                 rows = []
@@ -472,49 +556,14 @@ def main() -> None:
                     f"tagged-{task}",
                 )
                 raw["outcomes"].setdefault("tagged", []).extend(optimizer_outcomes(ws))
+            checkpoint()
         if "judge" in args.part:
             for task in args.tasks:
                 raw["judge"].append(judge_vs_checker(task, gen, args.seeds))
-        if "efficacy" in args.part:
-            for task in args.tasks:
-                for seed in args.seeds:
-                    ws = run_one(task, seed, args.rounds, [], gen, root, f"eff-{task}-s{seed}")
-                    raw["efficacy"].append(efficacy_rows(ws, task, gen, seed))
+            checkpoint()
     finally:
         gen.close()
-    end = datetime.now(timezone.utc)
-    machine = machine_info()
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    lines = [
-        "# Prompt optimization (SPO) on the bundled tasks",
-        "",
-        f"- **Command:** `{command}`",
-        f"- **Date:** {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC; commit {git_commit()}",
-        f"- **Machine:** {machine['nproc']} cores, {machine['cpu']}, GPUs: {machine['gpus']}; load average "
-        f"{os.getloadavg()[0]:.1f} at the end (shared machine)",
-        f"- **Model:** every role SmolLM2-135M-Instruct (or `--model`), backend {args.backend}, one engine; "
-        f"settings {' '.join(SMALL_MODEL)}",
-        f"- **Runs:** tasks {', '.join(args.tasks)}; efficacy seeds {args.seeds}, {args.rounds} rounds after round 1; "
-        f"cost part seed 0, {args.cost_rounds} rounds",
-        "",
-    ]
-    if raw["cost"]:
-        lines += render_cost(raw["cost"], raw["outcomes"])
-    if raw["judge"]:
-        lines += render_judge(raw["judge"])
-    if raw["efficacy"]:
-        lines += render_efficacy(raw["efficacy"])
-        lines += ["## Best prompts", ""]
-        for r in raw["efficacy"]:
-            lines.append(
-                f"- {r['task']} seed {r['seed']} (round {r['best_round']}): {json.dumps(r['best_prompt'][:300])}"
-            )
-        lines.append("")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    out.with_name(out.stem + "_raw.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
-    print("\n".join(lines))
+    checkpoint()
 
 
 if __name__ == "__main__":
