@@ -156,7 +156,35 @@ def published_decision(
     )
     wins = sum(c.p_b is not None and c.p_b > 0.5 for c in comp.calls)
     losses = sum(c.p_b is not None and c.p_b < 0.5 for c in comp.calls)
-    return {"decision": "adopt" if wins > losses else "reject", "wins": wins, "losses": losses}
+    s = comp.summary()
+    return {
+        "decision": "adopt" if wins > losses else "reject",
+        "wins": wins,
+        "losses": losses,
+        "calls": s["calls"],
+        "prompt_tokens": s["prompt_tokens"],
+        "completion_tokens": s["completion_tokens"],
+    }
+
+
+def whole_set_decision(
+    gen: Any, cfg_requirements: str, questions, inc: Sequence[str], ch: Sequence[str], seed: int
+) -> dict:
+    """Both orders on the whole answer set, twice (4 calls, as many as published); the default rule."""
+    from selfimprove.prompt_opt.optimizer import decide
+    from selfimprove.score.judges import PairwiseJudge
+    from selfimprove.score.judging import compare_output_sets
+
+    judge = PairwiseJudge(gen, requirements=cfg_requirements, template="judge_pairwise", mode="logprob")
+    comp = compare_output_sets(judge, questions, inc, ch, orders="both", unit="set", repeats=2, seed=seed)
+    s = comp.summary()
+    return {
+        "decision": decide(s["preference_b"], s["judged"], s["items"], margin=0.05, min_judged=0.5)[0],
+        "preference": s["preference_b"],
+        "calls": s["calls"],
+        "prompt_tokens": s["prompt_tokens"],
+        "completion_tokens": s["completion_tokens"],
+    }
 
 
 def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
@@ -179,6 +207,7 @@ def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
         pass_ch = sum(check(a, q) for a, q in zip(ch, questions, strict=True))
         checker = "challenger" if pass_ch > pass_inc else ("incumbent" if pass_ch < pass_inc else "tie")
         pub = published_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
+        whole = whole_set_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
         rounds.append(
             {
                 "round": h["round"],
@@ -189,11 +218,18 @@ def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
                 "preference": h["preference_challenger"],
                 "published": pub["decision"],
                 "published_wins_losses": [pub["wins"], pub["losses"]],
+                "whole_set": whole["decision"],
+                "whole_set_preference": whole["preference"],
+                "judge_cost": {
+                    "published": {k: pub[k] for k in ("calls", "prompt_tokens", "completion_tokens")},
+                    "both, whole set": {k: whole[k] for k in ("calls", "prompt_tokens", "completion_tokens")},
+                },
             }
         )
     return {
         "task": task,
         "seed": seed,
+        "round_costs": round_costs(ws),
         "best_round": summary["best_round"],
         "best_prompt": summary["best_prompt"],
         "heldout_initial": held["initial"]["pass_rate"],
@@ -382,6 +418,54 @@ def render_cost(rows: Mapping[str, list[dict[str, Any]]], outcomes: Mapping[str,
     return [*lines, ""]
 
 
+def render_round_cost(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Calls and tokens per round on the efficacy runs' own rounds: the default judge from the ledger,
+    the other schemes measured by judging the same answer pairs again."""
+    by_round = {(r["task"], r["seed"], c["round"]): c for r in runs for c in r.get("round_costs", [])}
+    rows = []
+    for r in runs:
+        for x in r["rounds"]:
+            c = by_round.get((r["task"], r["seed"], x["round"]))
+            if c is None or "judge_cost" not in x:
+                continue
+            rows.append((c, x["judge_cost"]))
+    if not rows:
+        return []
+
+    def m(values) -> str:
+        return f"{statistics.mean(values):.1f}"
+
+    opt = [c["optimizer"] for c, _ in rows]
+    exe = [c["executor"] for c, _ in rows]
+    lines = [
+        "## Calls and tokens per optimization round (measured on the efficacy runs' rounds)",
+        "",
+        f"Mean over {len(rows)} judged rounds (every task and seed). The optimizer and executor calls are the "
+        "same in every scheme; the judge's are measured for each scheme on the same answer pairs (the default "
+        "from the run's ledger, the others by judging the pair again). Logprob judge: 1 output token per call.",
+        "",
+        "| scheme | optimizer calls | executor calls | judge calls | judge input tokens | judge output tokens | "
+        "all calls | all input tokens | all output tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base_calls = [o["calls"] + e["calls"] for o, e in zip(opt, exe, strict=True)]
+    base_in = [o["prompt_tokens"] + e["prompt_tokens"] for o, e in zip(opt, exe, strict=True)]
+    base_out = [o["completion_tokens"] + e["completion_tokens"] for o, e in zip(opt, exe, strict=True)]
+    schemes = {"both orders, per question (default)": [c["evaluator"] for c, _ in rows]}
+    schemes["both orders, whole set, 2 repeats"] = [j["both, whole set"] for _, j in rows]
+    schemes["published: 4 random-order set calls"] = [j["published"] for _, j in rows]
+    for name, judge in schemes.items():
+        lines.append(
+            f"| {name} | {m([o['calls'] for o in opt])} | {m([e['calls'] for e in exe])} | "
+            f"{m([j['calls'] for j in judge])} | {m([j['prompt_tokens'] for j in judge])} | "
+            f"{m([j['completion_tokens'] for j in judge])} | "
+            f"{m([b + j['calls'] for b, j in zip(base_calls, judge, strict=True)])} | "
+            f"{m([b + j['prompt_tokens'] for b, j in zip(base_in, judge, strict=True)])} | "
+            f"{m([b + j['completion_tokens'] for b, j in zip(base_out, judge, strict=True)])} |"
+        )
+    return [*lines, ""]
+
+
 def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         "## Held-out checker pass rate, initial vs best prompt",
@@ -423,8 +507,11 @@ def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for key, label in (
         ("both_orders", "both orders, per question (default)"),
+        ("whole_set", "both orders, whole set, 2 repeats (4 calls), margin 0.05"),
         ("published", "published: 4 random-order set calls, wins > losses"),
     ):
+        if not all(key in r for r in rounds):
+            continue
         a = agreement(rounds, key)
         share = f"{a['agree']} of {a['decided']} ({fmt_pct(a['agree'] / a['decided']) if a['decided'] else 'n/a'})"
         lines.append(
@@ -455,6 +542,7 @@ def render_all(raw: Mapping[str, Any]) -> list[str]:
         lines += render_judge(raw["judge"])
     if raw["efficacy"]:
         lines += render_efficacy(raw["efficacy"])
+        lines += render_round_cost(raw["efficacy"])
         lines += ["## Best prompts", ""]
         for r in raw["efficacy"]:
             lines.append(
