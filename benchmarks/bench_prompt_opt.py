@@ -16,7 +16,9 @@ package into ``$SELFIMPROVE_CACHE``), one engine shared by all roles and runs.
    for every judged round, whether the judge's decision agrees with the checker on the sample
    answers (the checker prefers the side with more passing answers). The same answer pairs are
    judged again the published way (set-level, 4 calls with a random order each, adopt when wins >
-   losses, so a 2-2 split rejects) to compare the two decision rules on identical inputs.
+   losses, so a 2-2 split rejects) and in both orders on the whole set (2 repeats, 4 calls, the
+   default rule) to compare the decision rules on identical inputs. The judge calls and tokens of
+   the three schemes on these rounds are reported too (a cost comparison without extra runs).
 
 3. **Judge vs checker on a known difference** (``--part judge``): the optimizer is left out. For
    each task every question is answered with the initial prompt (A) and with the task's
@@ -595,6 +597,7 @@ def main() -> None:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prompt_opt_"))
     raw: dict[str, Any] = {"cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
     machine = machine_info()
+    commit = git_commit()  # the code that runs (commits made during the run do not change it)
 
     def checkpoint() -> None:
         """Write what is measured so far (after every part, so a stopped run keeps its finished parts)."""
@@ -602,7 +605,7 @@ def main() -> None:
             "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
             "start": f"{start:%Y-%m-%d %H:%M}",
             "end": f"{datetime.now(timezone.utc):%H:%M}",
-            "commit": git_commit(),
+            "commit": commit,
             **machine,
             "load_end": os.getloadavg()[0],
             "model": "SmolLM2-135M-Instruct" if args.model is None else args.model,
