@@ -189,7 +189,7 @@ def whole_set_decision(
     }
 
 
-def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
+def efficacy_rows(ws: Path, task: str, gen: Any, seed: int, whole_set: bool = True) -> dict[str, Any]:
     """Held-out pass rates and, per judged round, the checker's and both judges' verdicts."""
     check = checker_for(task)
     summary = read(ws, "summary.json")
@@ -209,25 +209,30 @@ def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
         pass_ch = sum(check(a, q) for a, q in zip(ch, questions, strict=True))
         checker = "challenger" if pass_ch > pass_inc else ("incumbent" if pass_ch < pass_inc else "tie")
         pub = published_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
-        whole = whole_set_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
-        rounds.append(
-            {
-                "round": h["round"],
-                "pass_incumbent": pass_inc,
-                "pass_challenger": pass_ch,
-                "checker": checker,
-                "both_orders": h["decision"],
-                "preference": h["preference_challenger"],
-                "published": pub["decision"],
-                "published_wins_losses": [pub["wins"], pub["losses"]],
-                "whole_set": whole["decision"],
-                "whole_set_preference": whole["preference"],
-                "judge_cost": {
-                    "published": {k: pub[k] for k in ("calls", "prompt_tokens", "completion_tokens")},
-                    "both, whole set": {k: whole[k] for k in ("calls", "prompt_tokens", "completion_tokens")},
-                },
-            }
+        whole = (
+            whole_set_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
+            if whole_set
+            else None
         )
+        judge_cost = {"published": {k: pub[k] for k in ("calls", "prompt_tokens", "completion_tokens")}}
+        if whole is not None:
+            judge_cost["both, whole set"] = {
+                k: whole[k] for k in ("calls", "prompt_tokens", "completion_tokens")
+            }
+        row = {
+            "round": h["round"],
+            "pass_incumbent": pass_inc,
+            "pass_challenger": pass_ch,
+            "checker": checker,
+            "both_orders": h["decision"],
+            "preference": h["preference_challenger"],
+            "published": pub["decision"],
+            "published_wins_losses": [pub["wins"], pub["losses"]],
+            "judge_cost": judge_cost,
+        }
+        if whole is not None:
+            row |= {"whole_set": whole["decision"], "whole_set_preference": whole["preference"]}
+        rounds.append(row)
     return {
         "task": task,
         "seed": seed,
@@ -454,7 +459,8 @@ def render_round_cost(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     base_in = [o["prompt_tokens"] + e["prompt_tokens"] for o, e in zip(opt, exe, strict=True)]
     base_out = [o["completion_tokens"] + e["completion_tokens"] for o, e in zip(opt, exe, strict=True)]
     schemes = {"both orders, per question (default)": [c["evaluator"] for c, _ in rows]}
-    schemes["both orders, whole set, 2 repeats"] = [j["both, whole set"] for _, j in rows]
+    if all("both, whole set" in j for _, j in rows):
+        schemes["both orders, whole set, 2 repeats"] = [j["both, whole set"] for _, j in rows]
     schemes["published: 4 random-order set calls"] = [j["published"] for _, j in rows]
     for name, judge in schemes.items():
         lines.append(
@@ -577,6 +583,11 @@ def main() -> None:
     p.add_argument("--cost-rounds", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/prompt_opt/results.md")
     p.add_argument("--workdir", default=None, help="keep the workspaces here (default: a temporary folder)")
+    p.add_argument(
+        "--no-whole-set",
+        action="store_true",
+        help="efficacy: skip judging each round's answer pair again in both orders on the whole set",
+    )
     p.add_argument("--render", default=None, help="only write the Markdown again from this raw JSON")
     args = p.parse_args()
     if args.render:
@@ -622,7 +633,7 @@ def main() -> None:
             for task in args.tasks:
                 for seed in args.seeds:
                     ws = run_one(task, seed, args.rounds, [], gen, root, f"eff-{task}-s{seed}")
-                    raw["efficacy"].append(efficacy_rows(ws, task, gen, seed))
+                    raw["efficacy"].append(efficacy_rows(ws, task, gen, seed, not args.no_whole_set))
                     checkpoint()
         if "cost" in args.part:
             for scheme, extra in SCHEMES.items():
