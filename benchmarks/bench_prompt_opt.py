@@ -538,10 +538,16 @@ def render_all(raw: Mapping[str, Any]) -> list[str]:
         f"- **Date:** {meta['start']} to {meta['end']} UTC; commit {meta['commit']}",
         f"- **Machine:** {meta['nproc']} cores, {meta['cpu']}, GPUs: {meta['gpus']}; load average "
         f"{meta['load_end']:.1f} at the end (shared machine)",
-        f"- **Model:** every role {meta['model']}, backend {meta['backend']}, one engine; "
+        f"- **Model:** every role {meta['model']}, backend {meta['backend']}, one model instance shared by the roles; "
         f"settings {' '.join(SMALL_MODEL)}",
-        f"- **Runs:** tasks {', '.join(meta['tasks'])}; efficacy seeds {meta['seeds']}, {meta['rounds']} rounds after "
-        f"round 1; cost part seed 0, {meta['cost_rounds']} rounds",
+        f"- **Runs:** tasks {', '.join(meta['tasks'])}"
+        + (
+            f"; efficacy seeds {meta['seeds']}, {meta['rounds']} rounds after round 1"
+            if raw["efficacy"]
+            else ""
+        )
+        + (f"; judge part seeds {meta['seeds']}" if raw["judge"] else "")
+        + (f"; cost part seed 0, {meta['cost_rounds']} rounds" if raw["cost"] else ""),
         "",
     ]
     if raw["cost"]:
@@ -558,6 +564,31 @@ def render_all(raw: Mapping[str, Any]) -> list[str]:
             )
         lines.append("")
     return lines
+
+
+def merge_raw(raws: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One raw record from several runs of the benchmark (e.g. one process per task, side by side)."""
+    if len(raws) == 1:
+        return dict(raws[0])
+    metas = [r["meta"] for r in raws]
+    meta = dict(metas[0])
+    meta["command"] = "`; `".join(m["command"] for m in metas)
+    meta["start"] = min(m["start"] for m in metas)
+    meta["end"] = max(m["end"] for m in metas)
+    meta["load_end"] = max(m["load_end"] for m in metas)
+    meta["tasks"] = list(dict.fromkeys(t for m in metas for t in m["tasks"]))
+    for key in ("commit", "seeds", "rounds", "cost_rounds", "backend", "model", "cpu"):
+        values = list(dict.fromkeys(str(m[key]) for m in metas))
+        meta[key] = metas[0][key] if len(values) == 1 else " / ".join(values)
+    out: dict[str, Any] = {"meta": meta, "cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
+    for r in raws:
+        for scheme, rows in r["cost"].items():
+            out["cost"].setdefault(scheme, []).extend(rows)
+        for reply, outs in r["outcomes"].items():
+            out["outcomes"].setdefault(reply, []).extend(outs)
+        out["efficacy"] += r["efficacy"]
+        out["judge"] += r["judge"]
+    return out
 
 
 def write_result(raw: Mapping[str, Any], out: Path) -> None:
@@ -588,10 +619,15 @@ def main() -> None:
         action="store_true",
         help="efficacy: skip judging each round's answer pair again in both orders on the whole set",
     )
-    p.add_argument("--render", default=None, help="only write the Markdown again from this raw JSON")
+    p.add_argument(
+        "--render",
+        nargs="+",
+        default=None,
+        help="only write the Markdown again from these raw JSON files (several: merged, e.g. one per task)",
+    )
     args = p.parse_args()
     if args.render:
-        write_result(json.loads(Path(args.render).read_text()), Path(args.out))
+        write_result(merge_raw([json.loads(Path(f).read_text()) for f in args.render]), Path(args.out))
         return
     # SIGTERM unwinds (SystemExit), so the finally below shuts the vLLM engine down
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
