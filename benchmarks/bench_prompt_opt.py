@@ -542,7 +542,8 @@ def render_all(raw: Mapping[str, Any]) -> list[str]:
         f"settings {' '.join(SMALL_MODEL)}",
         f"- **Runs:** tasks {', '.join(meta['tasks'])}"
         + (
-            f"; efficacy seeds {meta['seeds']}, {meta['rounds']} rounds after round 1"
+            f"; efficacy seeds {sorted({r['seed'] for r in raw['efficacy']})} finished (of {meta['seeds']} asked), "
+            f"{meta['rounds']} rounds after round 1"
             if raw["efficacy"]
             else ""
         )
@@ -578,8 +579,10 @@ def merge_raw(raws: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     meta["load_end"] = max(m["load_end"] for m in metas)
     meta["tasks"] = list(dict.fromkeys(t for m in metas for t in m["tasks"]))
     for key in ("commit", "seeds", "rounds", "cost_rounds", "backend", "model", "cpu"):
-        values = list(dict.fromkeys(str(m[key]) for m in metas))
-        meta[key] = metas[0][key] if len(values) == 1 else " / ".join(values)
+        # efficacy settings from the runs that have efficacy rows (a judge-only run keeps its defaults)
+        of = [m for m, r in zip(metas, raws, strict=True) if r["efficacy"]] if key == "rounds" else metas
+        values = list(dict.fromkeys(str(m[key]) for m in of or metas))
+        meta[key] = (of or metas)[0][key] if len(values) == 1 else " / ".join(values)
     out: dict[str, Any] = {"meta": meta, "cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
     for r in raws:
         for scheme, rows in r["cost"].items():
