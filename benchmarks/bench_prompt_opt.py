@@ -16,7 +16,9 @@ package into ``$SELFIMPROVE_CACHE``), one engine shared by all roles and runs.
    for every judged round, whether the judge's decision agrees with the checker on the sample
    answers (the checker prefers the side with more passing answers). The same answer pairs are
    judged again the published way (set-level, 4 calls with a random order each, adopt when wins >
-   losses, so a 2-2 split rejects) to compare the two decision rules on identical inputs.
+   losses, so a 2-2 split rejects) and in both orders on the whole set (2 repeats, 4 calls, the
+   default rule) to compare the decision rules on identical inputs. The judge calls and tokens of
+   the three schemes on these rounds are reported too (a cost comparison without extra runs).
 
 3. **Judge vs checker on a known difference** (``--part judge``): the optimizer is left out. For
    each task every question is answered with the initial prompt (A) and with the task's
@@ -28,7 +30,9 @@ package into ``$SELFIMPROVE_CACHE``), one engine shared by all roles and runs.
 
 Usage: ``python benchmarks/bench_prompt_opt.py [--model DIR] [--backend vllm|hf] [--part cost efficacy]
 [--tasks short_answer json_answer three_bullets] [--seeds 0 1 2] [--rounds 4]
-[--out benchmarks/results/prompt_opt.md]``
+[--out benchmarks/results/prompt_opt/results.md] [--render RAW.json]``
+
+``--render`` writes the Markdown again from a finished run's raw JSON (no model is loaded).
 """
 
 from __future__ import annotations
@@ -154,10 +158,38 @@ def published_decision(
     )
     wins = sum(c.p_b is not None and c.p_b > 0.5 for c in comp.calls)
     losses = sum(c.p_b is not None and c.p_b < 0.5 for c in comp.calls)
-    return {"decision": "adopt" if wins > losses else "reject", "wins": wins, "losses": losses}
+    s = comp.summary()
+    return {
+        "decision": "adopt" if wins > losses else "reject",
+        "wins": wins,
+        "losses": losses,
+        "calls": s["calls"],
+        "prompt_tokens": s["prompt_tokens"],
+        "completion_tokens": s["completion_tokens"],
+    }
 
 
-def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
+def whole_set_decision(
+    gen: Any, cfg_requirements: str, questions, inc: Sequence[str], ch: Sequence[str], seed: int
+) -> dict:
+    """Both orders on the whole answer set, twice (4 calls, as many as published); the default rule."""
+    from selfimprove.prompt_opt.optimizer import decide
+    from selfimprove.score.judges import PairwiseJudge
+    from selfimprove.score.judging import compare_output_sets
+
+    judge = PairwiseJudge(gen, requirements=cfg_requirements, template="judge_pairwise", mode="logprob")
+    comp = compare_output_sets(judge, questions, inc, ch, orders="both", unit="set", repeats=2, seed=seed)
+    s = comp.summary()
+    return {
+        "decision": decide(s["preference_b"], s["judged"], s["items"], margin=0.05, min_judged=0.5)[0],
+        "preference": s["preference_b"],
+        "calls": s["calls"],
+        "prompt_tokens": s["prompt_tokens"],
+        "completion_tokens": s["completion_tokens"],
+    }
+
+
+def efficacy_rows(ws: Path, task: str, gen: Any, seed: int, whole_set: bool = True) -> dict[str, Any]:
     """Held-out pass rates and, per judged round, the checker's and both judges' verdicts."""
     check = checker_for(task)
     summary = read(ws, "summary.json")
@@ -177,21 +209,34 @@ def efficacy_rows(ws: Path, task: str, gen: Any, seed: int) -> dict[str, Any]:
         pass_ch = sum(check(a, q) for a, q in zip(ch, questions, strict=True))
         checker = "challenger" if pass_ch > pass_inc else ("incumbent" if pass_ch < pass_inc else "tie")
         pub = published_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
-        rounds.append(
-            {
-                "round": h["round"],
-                "pass_incumbent": pass_inc,
-                "pass_challenger": pass_ch,
-                "checker": checker,
-                "both_orders": h["decision"],
-                "preference": h["preference_challenger"],
-                "published": pub["decision"],
-                "published_wins_losses": [pub["wins"], pub["losses"]],
-            }
+        whole = (
+            whole_set_decision(gen, req, questions, inc, ch, seed=1000 * seed + h["round"])
+            if whole_set
+            else None
         )
+        judge_cost = {"published": {k: pub[k] for k in ("calls", "prompt_tokens", "completion_tokens")}}
+        if whole is not None:
+            judge_cost["both, whole set"] = {
+                k: whole[k] for k in ("calls", "prompt_tokens", "completion_tokens")
+            }
+        row = {
+            "round": h["round"],
+            "pass_incumbent": pass_inc,
+            "pass_challenger": pass_ch,
+            "checker": checker,
+            "both_orders": h["decision"],
+            "preference": h["preference_challenger"],
+            "published": pub["decision"],
+            "published_wins_losses": [pub["wins"], pub["losses"]],
+            "judge_cost": judge_cost,
+        }
+        if whole is not None:
+            row |= {"whole_set": whole["decision"], "whole_set_preference": whole["preference"]}
+        rounds.append(row)
     return {
         "task": task,
         "seed": seed,
+        "round_costs": round_costs(ws),
         "best_round": summary["best_round"],
         "best_prompt": summary["best_prompt"],
         "heldout_initial": held["initial"]["pass_rate"],
@@ -380,6 +425,55 @@ def render_cost(rows: Mapping[str, list[dict[str, Any]]], outcomes: Mapping[str,
     return [*lines, ""]
 
 
+def render_round_cost(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Calls and tokens per round on the efficacy runs' own rounds: the default judge from the ledger,
+    the other schemes measured by judging the same answer pairs again."""
+    by_round = {(r["task"], r["seed"], c["round"]): c for r in runs for c in r.get("round_costs", [])}
+    rows = []
+    for r in runs:
+        for x in r["rounds"]:
+            c = by_round.get((r["task"], r["seed"], x["round"]))
+            if c is None or "judge_cost" not in x:
+                continue
+            rows.append((c, x["judge_cost"]))
+    if not rows:
+        return []
+
+    def m(values) -> str:
+        return f"{statistics.mean(values):.1f}"
+
+    opt = [c["optimizer"] for c, _ in rows]
+    exe = [c["executor"] for c, _ in rows]
+    lines = [
+        "## Calls and tokens per optimization round (measured on the efficacy runs' rounds)",
+        "",
+        f"Mean over {len(rows)} judged rounds (every task and seed). The optimizer and executor calls are the "
+        "same in every scheme; the judge's are measured for each scheme on the same answer pairs (the default "
+        "from the run's ledger, the others by judging the pair again). Logprob judge: 1 output token per call.",
+        "",
+        "| scheme | optimizer calls | executor calls | judge calls | judge input tokens | judge output tokens | "
+        "all calls | all input tokens | all output tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base_calls = [o["calls"] + e["calls"] for o, e in zip(opt, exe, strict=True)]
+    base_in = [o["prompt_tokens"] + e["prompt_tokens"] for o, e in zip(opt, exe, strict=True)]
+    base_out = [o["completion_tokens"] + e["completion_tokens"] for o, e in zip(opt, exe, strict=True)]
+    schemes = {"both orders, per question (default)": [c["evaluator"] for c, _ in rows]}
+    if all("both, whole set" in j for _, j in rows):
+        schemes["both orders, whole set, 2 repeats"] = [j["both, whole set"] for _, j in rows]
+    schemes["published: 4 random-order set calls"] = [j["published"] for _, j in rows]
+    for name, judge in schemes.items():
+        lines.append(
+            f"| {name} | {m([o['calls'] for o in opt])} | {m([e['calls'] for e in exe])} | "
+            f"{m([j['calls'] for j in judge])} | {m([j['prompt_tokens'] for j in judge])} | "
+            f"{m([j['completion_tokens'] for j in judge])} | "
+            f"{m([b + j['calls'] for b, j in zip(base_calls, judge, strict=True)])} | "
+            f"{m([b + j['prompt_tokens'] for b, j in zip(base_in, judge, strict=True)])} | "
+            f"{m([b + j['completion_tokens'] for b, j in zip(base_out, judge, strict=True)])} |"
+        )
+    return [*lines, ""]
+
+
 def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         "## Held-out checker pass rate, initial vs best prompt",
@@ -397,6 +491,18 @@ def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
             f"| {task} | {len(rs)} | {mean_sd([r['heldout_initial'] for r in rs])} | {mean_sd([r['heldout_best'] for r in rs])} | "
             f"{sum(r['best_round'] != 1 for r in rs)} of {len(rs)} | {decisions} |"
         )
+    lines += [
+        "",
+        "Per run (held-out: the bundled questions outside the run's 3-question sample):",
+        "",
+        "| task | seed | held-out questions | initial prompt | best prompt | best round | decisions, rounds 2.. | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["task"], r["seed"])):
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {r['heldout_questions']} | {fmt_pct(r['heldout_initial'])} | "
+            f"{fmt_pct(r['heldout_best'])} | {r['best_round']} | {', '.join(r['decisions'][1:])} | {r['seconds']:.0f} |"
+        )
     rounds = [x for r in runs for x in r["rounds"]]
     lines += [
         "",
@@ -409,14 +515,92 @@ def render_efficacy(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
     for key, label in (
         ("both_orders", "both orders, per question (default)"),
+        ("whole_set", "both orders, whole set, 2 repeats (4 calls), margin 0.05"),
         ("published", "published: 4 random-order set calls, wins > losses"),
     ):
+        if not all(key in r for r in rounds):
+            continue
         a = agreement(rounds, key)
         share = f"{a['agree']} of {a['decided']} ({fmt_pct(a['agree'] / a['decided']) if a['decided'] else 'n/a'})"
         lines.append(
             f"| {label} | {a['rounds']} | {a['checker_sided']} | {a['decided']} | {share} | {a['adopted_on_checker_tie']} of {a['checker_ties']} |"
         )
     return [*lines, ""]
+
+
+def render_all(raw: Mapping[str, Any]) -> list[str]:
+    """The whole Markdown result from the raw record (``meta`` and the parts' rows)."""
+    meta = raw["meta"]
+    lines = [
+        "# Prompt optimization (SPO) on the bundled tasks",
+        "",
+        f"- **Command:** `{meta['command']}`",
+        f"- **Date:** {meta['start']} to {meta['end']} UTC; commit {meta['commit']}",
+        f"- **Machine:** {meta['nproc']} cores, {meta['cpu']}, GPUs: {meta['gpus']}; load average "
+        f"{meta['load_end']:.1f} at the end (shared machine)",
+        f"- **Model:** every role {meta['model']}, backend {meta['backend']}, one model instance shared by the roles; "
+        f"settings {' '.join(SMALL_MODEL)}",
+        f"- **Runs:** tasks {', '.join(meta['tasks'])}"
+        + (
+            f"; efficacy seeds {sorted({r['seed'] for r in raw['efficacy']})} finished (of {meta['seeds']} asked), "
+            f"{meta['rounds']} rounds after round 1"
+            if raw["efficacy"]
+            else ""
+        )
+        + (f"; judge part seeds {meta['seeds']}" if raw["judge"] else "")
+        + (f"; cost part seed 0, {meta['cost_rounds']} rounds" if raw["cost"] else ""),
+        "",
+    ]
+    if raw["cost"]:
+        lines += render_cost(raw["cost"], raw["outcomes"])
+    if raw["judge"]:
+        lines += render_judge(raw["judge"])
+    if raw["efficacy"]:
+        lines += render_efficacy(raw["efficacy"])
+        lines += render_round_cost(raw["efficacy"])
+        lines += ["## Best prompts", ""]
+        for r in raw["efficacy"]:
+            lines.append(
+                f"- {r['task']} seed {r['seed']} (round {r['best_round']}): {json.dumps(r['best_prompt'][:300])}"
+            )
+        lines.append("")
+    return lines
+
+
+def merge_raw(raws: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One raw record from several runs of the benchmark (e.g. one process per task, side by side)."""
+    if len(raws) == 1:
+        return dict(raws[0])
+    metas = [r["meta"] for r in raws]
+    meta = dict(metas[0])
+    meta["command"] = "`; `".join(m["command"] for m in metas)
+    meta["start"] = min(m["start"] for m in metas)
+    meta["end"] = max(m["end"] for m in metas)
+    meta["load_end"] = max(m["load_end"] for m in metas)
+    meta["tasks"] = list(dict.fromkeys(t for m in metas for t in m["tasks"]))
+    for key in ("commit", "seeds", "rounds", "cost_rounds", "backend", "model", "cpu"):
+        # efficacy settings from the runs that have efficacy rows (a judge-only run keeps its defaults)
+        of = [m for m, r in zip(metas, raws, strict=True) if r["efficacy"]] if key == "rounds" else metas
+        values = list(dict.fromkeys(str(m[key]) for m in of or metas))
+        meta[key] = (of or metas)[0][key] if len(values) == 1 else " / ".join(values)
+    out: dict[str, Any] = {"meta": meta, "cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
+    for r in raws:
+        for scheme, rows in r["cost"].items():
+            out["cost"].setdefault(scheme, []).extend(rows)
+        for reply, outs in r["outcomes"].items():
+            out["outcomes"].setdefault(reply, []).extend(outs)
+        out["efficacy"] += r["efficacy"]
+        out["judge"] += r["judge"]
+    return out
+
+
+def write_result(raw: Mapping[str, Any], out: Path) -> None:
+    """Write the Markdown result and the raw JSON beside it (``NAME_raw.json``)."""
+    lines = render_all(raw)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    out.with_name(out.stem + "_raw.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -431,9 +615,23 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--cost-rounds", type=int, default=2)
-    p.add_argument("--out", default="benchmarks/results/prompt_opt.md")
+    p.add_argument("--out", default="benchmarks/results/prompt_opt/results.md")
     p.add_argument("--workdir", default=None, help="keep the workspaces here (default: a temporary folder)")
+    p.add_argument(
+        "--no-whole-set",
+        action="store_true",
+        help="efficacy: skip judging each round's answer pair again in both orders on the whole set",
+    )
+    p.add_argument(
+        "--render",
+        nargs="+",
+        default=None,
+        help="only write the Markdown again from these raw JSON files (several: merged, e.g. one per task)",
+    )
     args = p.parse_args()
+    if args.render:
+        write_result(merge_raw([json.loads(Path(f).read_text()) for f in args.render]), Path(args.out))
+        return
     # SIGTERM unwinds (SystemExit), so the finally below shuts the vLLM engine down
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     start = datetime.now(timezone.utc)
@@ -448,7 +646,34 @@ def main() -> None:
     gen = build_generator(args.backend, model, **options)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prompt_opt_"))
     raw: dict[str, Any] = {"cost": {}, "outcomes": {}, "efficacy": [], "judge": []}
-    try:
+    machine = machine_info()
+    commit = git_commit()  # the code that runs (commits made during the run do not change it)
+
+    def checkpoint() -> None:
+        """Write what is measured so far (after every part, so a stopped run keeps its finished parts)."""
+        raw["meta"] = {
+            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+            "start": f"{start:%Y-%m-%d %H:%M}",
+            "end": f"{datetime.now(timezone.utc):%H:%M}",
+            "commit": commit,
+            **machine,
+            "load_end": os.getloadavg()[0],
+            "model": "SmolLM2-135M-Instruct" if args.model is None else args.model,
+            "backend": args.backend,
+            "tasks": args.tasks,
+            "seeds": args.seeds,
+            "rounds": args.rounds,
+            "cost_rounds": args.cost_rounds,
+        }
+        write_result(raw, Path(args.out))
+
+    try:  # efficacy first: the longest part, and the one a stopped run should keep
+        if "efficacy" in args.part:
+            for task in args.tasks:
+                for seed in args.seeds:
+                    ws = run_one(task, seed, args.rounds, [], gen, root, f"eff-{task}-s{seed}")
+                    raw["efficacy"].append(efficacy_rows(ws, task, gen, seed, not args.no_whole_set))
+                    checkpoint()
         if "cost" in args.part:
             for scheme, extra in SCHEMES.items():
                 rows = []
@@ -472,49 +697,14 @@ def main() -> None:
                     f"tagged-{task}",
                 )
                 raw["outcomes"].setdefault("tagged", []).extend(optimizer_outcomes(ws))
+            checkpoint()
         if "judge" in args.part:
             for task in args.tasks:
                 raw["judge"].append(judge_vs_checker(task, gen, args.seeds))
-        if "efficacy" in args.part:
-            for task in args.tasks:
-                for seed in args.seeds:
-                    ws = run_one(task, seed, args.rounds, [], gen, root, f"eff-{task}-s{seed}")
-                    raw["efficacy"].append(efficacy_rows(ws, task, gen, seed))
+            checkpoint()
     finally:
         gen.close()
-    end = datetime.now(timezone.utc)
-    machine = machine_info()
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    lines = [
-        "# Prompt optimization (SPO) on the bundled tasks",
-        "",
-        f"- **Command:** `{command}`",
-        f"- **Date:** {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC; commit {git_commit()}",
-        f"- **Machine:** {machine['nproc']} cores, {machine['cpu']}, GPUs: {machine['gpus']}; load average "
-        f"{os.getloadavg()[0]:.1f} at the end (shared machine)",
-        f"- **Model:** every role SmolLM2-135M-Instruct (or `--model`), backend {args.backend}, one engine; "
-        f"settings {' '.join(SMALL_MODEL)}",
-        f"- **Runs:** tasks {', '.join(args.tasks)}; efficacy seeds {args.seeds}, {args.rounds} rounds after round 1; "
-        f"cost part seed 0, {args.cost_rounds} rounds",
-        "",
-    ]
-    if raw["cost"]:
-        lines += render_cost(raw["cost"], raw["outcomes"])
-    if raw["judge"]:
-        lines += render_judge(raw["judge"])
-    if raw["efficacy"]:
-        lines += render_efficacy(raw["efficacy"])
-        lines += ["## Best prompts", ""]
-        for r in raw["efficacy"]:
-            lines.append(
-                f"- {r['task']} seed {r['seed']} (round {r['best_round']}): {json.dumps(r['best_prompt'][:300])}"
-            )
-        lines.append("")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    out.with_name(out.stem + "_raw.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
-    print("\n".join(lines))
+    checkpoint()
 
 
 if __name__ == "__main__":

@@ -681,6 +681,17 @@ def test_missing_model_and_bad_templates_name_the_key(tmp_path):
         and "bad.txt" in msg
         and "unknown placeholder {colour}" in msg
     )
+    bad_judge = write(tmp_path, "{requirements} {question} {response_a} {response_b} {prompt}", "judge.txt")
+    with pytest.raises(ConfigError) as exc:
+        load_task(write(tmp_path, base + f"evaluator:\n  template: {bad_judge}\n"), ["model=m"])
+    msg = str(exc.value)
+    assert "task.yaml:6: evaluator.template" in msg and "judge.txt" in msg
+    assert "unknown placeholder {prompt}" in msg  # the judge never gets the prompt text
+    broken = write(tmp_path, "Improve {prompt} for {requirements} given {answers", "broken.txt")
+    with pytest.raises(ConfigError) as exc:
+        load_task(write(tmp_path, base + f"optimizer:\n  template: {broken}\n"), ["model=m"])
+    msg = str(exc.value)
+    assert "task.yaml:6: optimizer.template" in msg and "broken.txt: malformed template" in msg
     with pytest.raises(ConfigError, match=r"evaluator\.template: .*must use \{response_a\}"):
         load_task(write(tmp_path, base), ["model=m", "evaluator.template='{question} {response_b}'"])
     with pytest.raises(ConfigError, match=r"command-line override 'evaluator.template=nope'.*not found"):
@@ -900,6 +911,62 @@ def test_cli_server_that_never_answers_stops_with_a_clear_error(tmp_path):
     assert "timed out" in err[0] and "--resume" in err[0]
     state = json.loads((tmp_path / "ws/state.json").read_text())
     assert state["cost"]["1"]["executor"]["failed_calls"] >= 3  # counted, workspace intact
+
+
+@pytest.mark.parametrize(
+    ("role", "max_attempts", "decisions_after", "failed"),
+    [
+        # every judge request times out: counted, retried, never a win or a loss
+        ("judge", 2, ["no_decision"], 3 * 2 * 2),
+        # every optimizer request times out: a counted, retried proposal; nothing empty runs
+        ("optimizer", 2, ["no_proposal"], 2),
+    ],
+)
+def test_cli_role_server_that_never_answers_is_counted_and_retried(
+    tmp_path, role, max_attempts, decisions_after, failed
+):
+    task = task_file(tmp_path)
+    key = {"judge": "evaluator", "optimizer": "optimizer"}[role]
+    with scripted_server(hold=lambda m: role_of(m) == role, hold_always=True) as (url, _held, count):
+        done = cli(
+            task,
+            tmp_path / "ws",
+            url,
+            "rounds=1",
+            "options.timeout=1",
+            f"{key}.max_attempts={max_attempts}",
+            "heldout.enabled=false",
+        )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "ws/summary.json").read_text())
+    assert [h["decision"] for h in summary["history"]] == ["initial", *decisions_after]
+    assert summary["best_round"] == 1
+    cost = json.loads((tmp_path / "ws/cost.json").read_text())
+    assert cost["per_round"]["2"][key]["failed_calls"] == failed
+    assert cost["total"]["calls"] == count["n"]  # timed-out requests are counted too
+    results = json.loads((tmp_path / "ws/prompts/results.json").read_text())
+    assert [e["succeed"] for e in results] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("prompt: p\nrequirements: [r\nqa: x\n", "spo_task.yaml:3:3: malformed YAML"),
+        ("prompt: p\nqa:\n  - question: q\n", "requirements"),
+        ("prompt: p\nrequirements: r\n", "no questions"),
+        ("prompt: p\nrequirements: r\nqa:\n  - question: q\nrouns: 3\n", "spo_task.yaml:5: rouns"),
+    ],
+)
+def test_cli_bad_task_file_is_one_line_and_exit_2(tmp_path, text, needle):
+    task = write(tmp_path, text, "spo_task.yaml")
+    done = cli(task, tmp_path / "ws", "http://127.0.0.1:9/v1", timeout=60)
+    assert done.returncode == 2
+    # one line naming the file (and line) and the key; schema problems come under an "invalid config:" header
+    err = done.stderr.strip().splitlines()
+    named = [line for line in err if "spo_task.yaml" in line]
+    assert len(err) <= 2 and len(named) == 1 and needle in named[0], done.stderr
+    assert err[0].startswith("selfimprove optimize-prompt: error:")
+    assert not (tmp_path / "ws").exists()
 
 
 @pytest.mark.parametrize(
