@@ -161,10 +161,10 @@ def test_label_probability_from_hf_logprobs():
 # ---------------------------------------------------------------------------------------------
 
 
-def base_config(student: Path, **over) -> dict:
+def base_config(student_dir: Path, **over) -> dict:
     cfg = {
         "teacher": {"model": TEACHER, "backend": "hf", "k": 4, "max_tokens": 28, "batch_size": 8},
-        "student": {"model": str(student), "backend": "hf"},
+        "student": {"model": str(student_dir), "backend": "hf"},
         "task": {"name": "string_ops", "unlabeled_size": 24, "eval_size": 8},
         "selection": {"strategies": ["random", "confidence", "need", "llkd"], "sizes": [6]},
         "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.01},
