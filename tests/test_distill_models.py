@@ -455,7 +455,13 @@ def test_bad_input_is_one_line_with_the_key(tmp_path, capsys, char_student, tiny
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@pytest.mark.timeout(1800)
 def test_distill_end_to_end_vllm(tmp_path, char_student):
+    """The teacher on vLLM (log-probabilities from the engine), the student's evaluation on HF.
+
+    One engine per test: two engine starts in one test took more than 15 minutes on a loaded
+    2-core machine. Serving a student's adapter on vLLM is tested in tests/test_generate_vllm.py.
+    """
     pytest.importorskip("vllm")
     from selfimprove.distill import distill
     from selfimprove.tasks import get_task
@@ -464,7 +470,6 @@ def test_distill_end_to_end_vllm(tmp_path, char_student):
     cfg = base_config(
         char_student,
         teacher={"backend": "vllm", "options": engine},
-        student={"backend": "vllm", "options": {**engine, "adapter_serving": "merged"}},
         selection={"strategies": ["random", "llkd"], "sizes": [6]},
     )
     run_dir = tmp_path / "run"
