@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "selfimprove.prompt_opt.cli",
         "optimize a prompt without reference answers (prompt optimization, SPO)",
     ),
+    "distill": (
+        "selfimprove.distill.cli",
+        "distil a teacher into a smaller student on unlabeled inputs (LLKD selection, LoRA SFT)",
+    ),
 }
 
 
@@ -198,6 +202,7 @@ def _interrupted(command: str) -> int | None:
     hint = {
         "run": "; continue it with --resume",
         "optimize-prompt": "; continue it with --resume",
+        "distill": "; continue it with --resume",
         "generate": "; run it again with the same --out to continue",
     }
     if signal.SIGTERM in _RECEIVED:
