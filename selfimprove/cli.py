@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("selfimprove.loop.cli", "run label-free self-training rounds from a YAML config"),
     "report": ("selfimprove.loop.report_cli", "write the Markdown/HTML report of a run folder"),
     "demo": ("selfimprove.loop.demo_cli", "build the base model and run the demo recipe end to end"),
+    "optimize-prompt": (
+        "selfimprove.prompt_opt.cli",
+        "optimize a prompt without reference answers (prompt optimization, SPO)",
+    ),
 }
 
 
@@ -193,6 +197,7 @@ def _interrupted(command: str) -> int | None:
         return None
     hint = {
         "run": "; continue it with --resume",
+        "optimize-prompt": "; continue it with --resume",
         "generate": "; run it again with the same --out to continue",
     }
     if signal.SIGTERM in _RECEIVED:

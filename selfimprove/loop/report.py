@@ -15,6 +15,8 @@ from typing import Any
 
 from selfimprove.errors import InputError
 from selfimprove.loop._io import read_json, read_jsonl, write_text_atomic
+from selfimprove.runs.report import html_table as _html_table
+from selfimprove.runs.report import markdown_table as _md_table
 
 # (metric key, legend label) per plot.
 ACCURACY_PLOT = "accuracy.png"
@@ -150,18 +152,6 @@ def _table(
                 row.append(str(v))
         rows.append(row)
     return rows
-
-
-def _md_table(rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(out)
-
-
-def _html_table(rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _headline(history: Sequence[Mapping[str, Any]], ks: Sequence[int], best: int | None) -> list[str]:

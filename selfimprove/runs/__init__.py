@@ -1,0 +1,23 @@
+"""Run folders every job shares: atomic writes, lock, manifest, state of finished stages, reports."""
+
+from selfimprove.runs.folder import RunState, folder_lock, open_state, package_versions, write_manifest
+from selfimprove.runs.io import (
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+
+__all__ = [
+    "RunState",
+    "folder_lock",
+    "open_state",
+    "package_versions",
+    "read_json",
+    "read_jsonl",
+    "write_json_atomic",
+    "write_jsonl_atomic",
+    "write_manifest",
+    "write_text_atomic",
+]
