@@ -340,7 +340,12 @@ class DataConfig(_Section):
     """Turning scored rollouts into training data (options of `selfimprove.data.build`)."""
 
     sft: dict[str, Any] = Field(default_factory=dict, description="Keyword options for `build_sft_rows`.")
-    dpo: dict[str, Any] = Field(default_factory=dict, description="Keyword options for `build_dpo_pairs`.")
+    dpo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options for `build_dpo_pairs` (e.g. `strategy`, `min_margin`, `degree`: the "
+        "vote-share gap that SPO's gap-based degree term reads; `d2o_positives`: K further majority samples "
+        "per pair for D2O).",
+    )
     grpo: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options for `build_grpo_prompts`."
     )
@@ -380,7 +385,11 @@ class TrainingConfig(_Section):
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other field of the TRL config of `method` (SFTConfig / DPOConfig / GRPOConfig), "
-        "e.g. `beta`, `loss_type`, `epsilon_high`, `entropy_coef`. Checked against TRL's field names.",
+        "e.g. `beta`, `loss_type`, `epsilon_high`, `entropy_coef`, plus the toolkit trainer's own keywords: "
+        "for `dpo`, `nll_weight` (DPO + NLL on chosen), `loss_type: d2o` (D2O), and the two SPO (Self-supervised "
+        "Preference Optimization) degree terms, `degree_weight` (gap-based, `spo_degree_gap`) and "
+        "`degree_paper_weight` (the paper's degraded responses, `spo_degree_paper`); see docs/training.md. "
+        "Checked against TRL's field names and the trainer's keywords.",
     )
 
 
