@@ -460,6 +460,13 @@ class GuardConfig(_Section):
         description="Collapse when distinct majority answers across prompts (per prompt) fall below this "
         "fraction of round 0's: the same answer for different questions.",
     )
+    max_no_answer_increase: float | None = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Collapse when the share of evaluation samples without an extractable answer rises more "
+        "than this (absolute) above round 0's: the model stops answering.",
+    )
     max_rollbacks: int = Field(1, ge=0, description="Rollbacks allowed before the guard stops the loop.")
 
 
