@@ -534,9 +534,12 @@ class RunConfig(_Section):
         generation["options"] = self.generation.backend_options()
         for backend in _BACKEND_SECTIONS:
             generation.pop(backend, None)
-        for (section, key), default in _FINGERPRINT_OMITTED_DEFAULTS.items():
-            if d.get(section, {}).get(key, default) == default:
-                d.get(section, {}).pop(key, None)
+        for (*sections, key), default in _FINGERPRINT_OMITTED_DEFAULTS.items():
+            node = d
+            for section in sections:
+                node = node.get(section, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict) and node.get(key, default) == default:
+                node.pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -544,12 +547,14 @@ class RunConfig(_Section):
 _BACKEND_SECTIONS = ("vllm", "hf", "openai")
 # Keys added to the schema after runs were recorded: at these values they are left out of the
 # fingerprint, so a run started before the key existed still resumes without --force.
-_FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, str], Any] = {
+_FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("task", "chat_template"): None,
     ("task", "long_prompts"): "error",
     ("task", "system_prompt"): None,
     ("task", "system_prompt_file"): None,
     ("scoring", "vote_truncated"): True,
+    # A guard rule only: a resumed run is checked by it from its next round on.
+    ("loop", "guard", "max_no_answer_increase"): 0.15,
 }
 
 
