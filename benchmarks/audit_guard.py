@@ -34,6 +34,7 @@ RULES: dict[str, dict[str, float]] = {
     "min_length_ratio=0.5": {"min_length_ratio": 0.5},
     "max_length_ratio=3.0": {"max_length_ratio": 3.0},
     "min_diversity_ratio=0.5": {"min_diversity_ratio": 0.5},
+    "max_no_answer_increase=0.15": {"max_no_answer_increase": 0.15},
 }
 OFF = dict.fromkeys(guard_settings(GuardConfig()))  # every threshold of check_collapse, off
 

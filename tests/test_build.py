@@ -215,3 +215,24 @@ def test_grpo_refuses_gold_columns(name):
         build_grpo_prompts([{"prompt_id": "p", "prompt": "q"}], columns=(name,))
     with pytest.raises(LabelLeakError, match=name):
         build_grpo_prompts([{"prompt_id": "p", "prompt": "q", "meta": {name: "1"}}], columns=())
+
+
+def test_dpo_d2o_positives():
+    # Prompt a: chosen "so 4"; the other distinct majority text is "it is 4" (the duplicate "so 4"
+    # is not a second positive). Prompt d: the truncated "two 2" is not usable, so no positive.
+    pairs, _ = build_dpo_pairs(SCORED, d2o_positives=3)
+    assert [(p["chosen"], p["d2o_positives"]) for p in pairs] == [("so 4", ["it is 4"]), ("2", [])]
+    data = [rec("a", i, f"m{i}", "4", share=0.6) for i in range(3)] + [rec("a", 3, "n", "5", share=0.2)]
+    pairs, _ = build_dpo_pairs(data, d2o_positives=1)
+    assert pairs[0]["d2o_positives"] == ["m1"]
+    # Best vs worst: positives score at least the chosen's score.
+    data = [
+        rec("a", 0, "g1", "1", judge=5.0),
+        rec("a", 1, "g2", "1", judge=5.0),
+        rec("a", 2, "b", "1", judge=1.0),
+    ]
+    pairs, _ = build_dpo_pairs(data, strategy="best_vs_worst", degree=None, d2o_positives=2)
+    assert [(p["chosen"], p["d2o_positives"]) for p in pairs] == [("g1", ["g2"])]
+    assert "d2o_positives" not in build_dpo_pairs(data, strategy="best_vs_worst", degree=None)[0][0]
+    with pytest.raises(ConfigError, match="d2o_positives must be an integer >= 0"):
+        build_dpo_pairs(SCORED, d2o_positives=-1)

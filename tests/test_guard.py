@@ -11,18 +11,26 @@ from selfimprove.loop.guard import (
     ENTROPY,
     LENGTH,
     MAJORITY,
+    NO_ANSWER,
     best_round,
     check_collapse,
     guard_settings,
 )
 
-REF = {MAJORITY: 0.5, ENTROPY: 1.0, DISTINCT: 3.0, LENGTH: 40.0, DIVERSITY: 0.8}
+REF = {MAJORITY: 0.5, ENTROPY: 1.0, DISTINCT: 3.0, LENGTH: 40.0, DIVERSITY: 0.8, NO_ANSWER: 0.02}
 ON = {"min_entropy_ratio": 0.3, "min_distinct_ratio": 0.3}  # the two opt-in rules, at the old defaults
 
 
 def _m(**kw):
     out = dict(REF)
-    keys = {"maj": MAJORITY, "ent": ENTROPY, "dis": DISTINCT, "len": LENGTH, "div": DIVERSITY}
+    keys = {
+        "maj": MAJORITY,
+        "ent": ENTROPY,
+        "dis": DISTINCT,
+        "len": LENGTH,
+        "div": DIVERSITY,
+        "na": NO_ANSWER,
+    }
     for k, v in kw.items():
         out[keys[k]] = v
     return out
@@ -53,6 +61,10 @@ CASES = [
     (_m(ent=0.2, div=0.8), {"min_entropy_ratio": 0.1}, False, []),  # consistent, still question-dependent
     (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), ON, True, ["entropy", "distinct", "saturated", "length fell"]),
     (_m(maj=1.0, ent=0.0, dis=0.5, len=8.0), {}, True, ["saturated", "length fell"]),
+    # The model stops answering: 2% -> 25% of samples without an answer (limit +15 points).
+    (_m(na=0.25), {}, True, ["samples without an answer rose from 2% to 25%"]),
+    (_m(na=0.16), {}, False, []),  # +14 points: within the limit
+    (_m(na=0.25), {"max_no_answer_increase": None}, False, []),
 ]
 
 

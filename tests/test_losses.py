@@ -10,10 +10,11 @@ import torch
 from selfimprove.train.losses import (
     chosen_nll,
     d2o_loss,
-    degree_target_loss,
     degree_weights,
     dpo_sigmoid_loss,
     preference_loss,
+    spo_degree_gap_loss,
+    spo_degree_paper_loss,
 )
 
 CHOSEN = torch.tensor([1.0, -0.5, 2.0])  # log pi/pi_ref of the chosen completions
@@ -47,12 +48,82 @@ def test_degree_target_by_hand():
     z = [1.0, -0.5, 0.0]
     t = [1.0, 0.75, 0.5]
     expected = [-(ti * log_sigmoid(zi) + (1 - ti) * log_sigmoid(-zi)) for zi, ti in zip(z, t, strict=True)]
-    got = degree_target_loss(CHOSEN, REJECTED, DEGREE, BETA).tolist()
+    got = spo_degree_gap_loss(CHOSEN, REJECTED, DEGREE, BETA).tolist()
     assert got == pytest.approx(expected, rel=1e-6)
     # The term is smallest where sigmoid(z) equals the target: degree 0.5 -> z = logit(0.75).
     zs = torch.linspace(-3, 3, 601)
-    losses = degree_target_loss(zs, torch.zeros_like(zs), torch.full_like(zs, 0.5), beta=1.0)
+    losses = spo_degree_gap_loss(zs, torch.zeros_like(zs), torch.full_like(zs, 0.5), beta=1.0)
     assert zs[losses.argmin()].item() == pytest.approx(math.log(3), abs=0.01)
+
+
+def test_d2o_mask_averages_over_each_rows_own_positives():
+    pos = torch.tensor([[1.0, 3.0, 9.0], [0.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    neg = torch.tensor([0.5, -1.0])
+    # Row 0: K = 2, 0.5/2 * (1 + 3) - 0.5 * 0.5 = 0.75; row 1: K = 1, 0.5 * 0 - 0.5 * -1 = 0.5.
+    got = d2o_loss(pos, neg, beta=0.5, positive_mask=mask).tolist()
+    assert got == pytest.approx([-log_sigmoid(0.75), -log_sigmoid(0.5)], rel=1e-6)
+
+
+def test_spo_degree_paper_loss_by_hand():
+    # Two degraded responses, three intensity classes.
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, -1.0]])
+    labels = torch.tensor([0, 2])
+    # -log softmax: row 0 class 0: log(e^2 + 2) - 2; row 1 class 2: log(1 + e + e^-1) + 1.
+    by_hand = ((math.log(math.exp(2) + 2) - 2) + (math.log(1 + math.e + math.exp(-1)) + 1)) / 2
+    assert spo_degree_paper_loss(logits, labels).item() == pytest.approx(by_hand, rel=1e-6)
+    # Uniform logits: log(C), the first-step value of a zero-initialised classifier.
+    assert spo_degree_paper_loss(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])).item() == pytest.approx(
+        math.log(3), rel=1e-6
+    )
+
+
+def test_preference_loss_adds_the_paper_degree_term_with_its_weight():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, -1.0]])
+    labels = torch.tensor([0, 2])
+    ce = (math.log(math.exp(2) + 2) - 2 + math.log(1 + math.e + math.exp(-1)) + 1) / 2
+    dpo = dpo_sigmoid_loss(CHOSEN, REJECTED, BETA).mean().item()
+    loss, parts = preference_loss(
+        CHOSEN,
+        REJECTED,
+        beta=BETA,
+        degree_paper_logits=logits,
+        degree_paper_labels=labels,
+        degree_paper_weight=0.3,
+    )
+    assert loss.item() == pytest.approx(dpo + 0.3 * ce, rel=1e-6)
+    assert parts["degree_paper"].item() == pytest.approx(ce, rel=1e-6)
+    # Both SPO terms at once: gap-based (regress) and the paper's add up.
+    gap = spo_degree_gap_loss(CHOSEN, REJECTED, DEGREE, BETA).mean().item()
+    both, parts = preference_loss(
+        CHOSEN,
+        REJECTED,
+        beta=BETA,
+        degree=DEGREE,
+        degree_weight=0.5,
+        degree_paper_logits=logits,
+        degree_paper_labels=labels,
+        degree_paper_weight=0.3,
+    )
+    assert both.item() == pytest.approx(dpo + 0.5 * gap + 0.3 * ce, rel=1e-6)
+    with pytest.raises(ValueError, match="degree classifier's logits"):
+        preference_loss(CHOSEN, REJECTED, beta=BETA, degree_paper_weight=0.3)
+
+
+def test_preference_loss_d2o_with_positives():
+    pos = torch.tensor([[1.0, 3.0, 0.0], [-0.5, 0.0, 0.0], [2.0, 2.0, 4.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    loss, parts = preference_loss(
+        CHOSEN,
+        REJECTED,
+        beta=BETA,
+        loss_types=("d2o",),
+        d2o_positive_logratios=pos,
+        d2o_positive_mask=mask,
+    )
+    # 0.5 * mean(positives) - 0.5 * rejected: [1 + 0.5, -0.25 - 0.25, 4/3 - 1]
+    z = [1.5, -0.5, 0.5 * 8 / 3 - 1.0]
+    assert loss.item() == pytest.approx(sum(-log_sigmoid(x) for x in z) / 3, rel=1e-6)
 
 
 def test_degree_weights_and_nll():
@@ -75,7 +146,7 @@ def test_degree_weights_and_nll():
 )
 def test_preference_loss_combination(mode, weight, expected):
     L = dpo_sigmoid_loss(CHOSEN, REJECTED, BETA).tolist()
-    T = degree_target_loss(CHOSEN, REJECTED, DEGREE, BETA).tolist()
+    T = spo_degree_gap_loss(CHOSEN, REJECTED, DEGREE, BETA).tolist()
     loss, parts = preference_loss(
         CHOSEN, REJECTED, beta=BETA, degree=DEGREE, degree_weight=weight, degree_mode=mode
     )

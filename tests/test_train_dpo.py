@@ -118,3 +118,70 @@ def test_dpo_bad_input(tiny_model_dir, tmp_path):
     bad = [dict(PAIRS[0], degree=2.0)]
     with pytest.raises(InputError, match="row 0 has degree 2.0"):
         train_dpo(tiny_model_dir, bad, tmp_path, degree_weight=1.0)
+
+
+@pytest.mark.slow
+def test_dpo_spo_degree_paper_term_matches_hand_computation(tiny_model_dir, tmp_path):
+    lam, levels = 0.5, 3
+    r = train_dpo(
+        tiny_model_dir,
+        PAIRS,
+        tmp_path,
+        degree_paper_weight=lam,
+        degree_paper_levels=levels,
+        args={**ARGS, "max_steps": 3},
+    )
+    # Step 1: log-ratios are 0 (DPO = log 2) and the zero-initialised classifier gives every class
+    # the same probability, so the degree loss is log(levels): loss = log 2 + lambda * log 3.
+    assert r.history["loss/degree_paper"][0] == pytest.approx(math.log(levels), rel=1e-5)
+    assert r.loss_history[0] == pytest.approx(math.log(2) + lam * math.log(levels), rel=1e-5)
+    # The classifier learns: its loss falls below chance within three steps on the same batch.
+    assert r.history["loss/degree_paper"][-1] < math.log(levels)
+    assert len(r.history["degree_paper/accuracy"]) == r.steps
+    assert all(v.abs().sum() > 0 for v in lora_b(r.adapter_path).values())
+    # The classifier is a training device, not part of the adapter.
+    saved = load_file(str(r.adapter_path / "adapter_model.safetensors"))
+    assert not any("degree" in k for k in saved)
+
+
+@pytest.mark.slow
+def test_dpo_spo_degree_paper_joint_labels(tiny_model_dir, tmp_path):
+    r = train_dpo(
+        tiny_model_dir,
+        PAIRS,
+        tmp_path,
+        degree_paper_weight=1.0,
+        degree_paper_levels=2,
+        degree_paper_labels="joint",
+        args={**ARGS, "max_steps": 1},
+    )
+    # Joint labels: 2 levels x (chosen, rejected) = 4 classes, log 4 at the first step.
+    assert r.history["loss/degree_paper"][0] == pytest.approx(math.log(4), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_d2o_averages_over_positives(tiny_model_dir, tmp_path):
+    rows = [dict(p, d2o_positives=[f"answer {2 * i}.", f"so {2 * i}"][: i % 3]) for i, p in enumerate(PAIRS)]
+    r = train_dpo(tiny_model_dir, rows, tmp_path / "k", loss_type="d2o", args={**ARGS, "max_steps": 2})
+    # Rows carry 0, 1, 2, 0 further positives besides the chosen one: K = 1 + that.
+    assert r.history["d2o/positives"][0] == pytest.approx((1 + 2 + 3 + 1) / 4)
+    assert r.loss_history[0] == pytest.approx(math.log(2), abs=1e-5)
+    # Same pairs without positives (K = 1) train a different adapter.
+    plain = train_dpo(
+        tiny_model_dir,
+        [{k: v for k, v in p.items() if k != "degree"} for p in PAIRS],
+        tmp_path / "one",
+        loss_type="d2o",
+        args={**ARGS, "max_steps": 2},
+    )
+    a, b = lora_b(r.adapter_path), lora_b(plain.adapter_path)
+    assert any(not a[k].equal(b[k]) for k in a)
+
+
+def test_dpo_degree_paper_bad_settings(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="degree_paper_levels must be an integer >= 2"):
+        train_dpo(tiny_model_dir, PAIRS, tmp_path, degree_paper_weight=1.0, degree_paper_levels=1)
+    with pytest.raises(ConfigError, match="degree_paper_labels must be one of"):
+        train_dpo(tiny_model_dir, PAIRS, tmp_path, degree_paper_weight=1.0, degree_paper_labels="x")
+    with pytest.raises(ConfigError, match="degree_paper_weight must be >= 0"):
+        train_dpo(tiny_model_dir, PAIRS, tmp_path, degree_paper_weight=-1.0)

@@ -231,6 +231,7 @@ def build_dpo_pairs(
     score_key: str = "judge_score",
     score_scale: float | None = None,
     drop_truncated: bool = True,
+    d2o_positives: int = 0,
 ) -> tuple[list[dict[str, Any]], BuildStats]:
     """DPO pairs (``prompt``/``chosen``/``rejected`` [+ ``degree`` in [0, 1]]) from scored rollouts.
 
@@ -239,7 +240,9 @@ def build_dpo_pairs(
     ``score_key`` (``judge_score`` or ``reward``) of a prompt; the margin is the score gap.
     Pairs whose margin is below ``min_margin`` are dropped. ``degree``: ``vote_share_gap`` or
     ``score_gap`` (divided by ``score_scale``, default the score range over all records, clipped
-    to [0, 1]); None adds no column.
+    to [0, 1]); None adds no column. ``d2o_positives`` K > 0 adds a ``d2o_positives`` list to
+    every pair: up to K further distinct samples of the prompt on the chosen side (same answer as
+    the pseudo-label, or the chosen's score), the self-generated positives D2O averages over.
     """
     if strategy not in DPO_STRATEGIES:
         raise ConfigError(
@@ -249,6 +252,8 @@ def build_dpo_pairs(
         raise ConfigError(f"build_dpo_pairs: degree must be one of {list(DPO_DEGREES)}, got {degree!r}")
     if max_pairs_per_prompt < 1:
         raise ConfigError(f"build_dpo_pairs: max_pairs_per_prompt must be >= 1, got {max_pairs_per_prompt!r}")
+    if not isinstance(d2o_positives, int) or d2o_positives < 0:
+        raise ConfigError(f"build_dpo_pairs: d2o_positives must be an integer >= 0, got {d2o_positives!r}")
     if score_key not in ("judge_score", "reward"):
         raise ConfigError(f"build_dpo_pairs: score_key must be 'judge_score' or 'reward', got {score_key!r}")
     groups = _group(scored, ("prompt_id", "prompt", "completion"))
@@ -293,12 +298,35 @@ def build_dpo_pairs(
             elif degree == "score_gap":
                 gap = float(chosen[score_key]) - float(rejected[score_key])
                 row["degree"] = min(max(gap / score_scale, 0.0), 1.0) if score_scale else 0.0
+            if d2o_positives:
+                row["d2o_positives"] = _positives(recs, chosen, strategy, score_key, d2o_positives)
             pairs.append(row)
             n_kept += 1
         if n_kept:
             stats.prompts_kept += 1
     stats.kept = len(pairs)
     return pairs, stats
+
+
+def _positives(recs: list, chosen: Mapping[str, Any], strategy: str, score_key: str, k: int) -> list[Any]:
+    """Up to ``k`` distinct samples of the prompt on the chosen side, other than the chosen itself."""
+    if strategy == "majority_vs_minority":
+        same = [
+            r for r in recs if r.get("extracted") is not None and r["extracted"] == chosen.get("pseudo_label")
+        ]
+    else:
+        same = [r for r in recs if r.get(score_key) is not None and r[score_key] >= chosen[score_key]]
+    seen = {chosen["completion"].strip()}
+    out = []
+    for r in same:
+        text = r["completion"].strip()
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append(_as_completion(chosen["prompt"], r["completion"]))
+        if len(out) == k:
+            break
+    return out
 
 
 def _majority_minority(recs: list, stats: BuildStats) -> list[tuple[dict, dict]]:

@@ -340,7 +340,12 @@ class DataConfig(_Section):
     """Turning scored rollouts into training data (options of `selfimprove.data.build`)."""
 
     sft: dict[str, Any] = Field(default_factory=dict, description="Keyword options for `build_sft_rows`.")
-    dpo: dict[str, Any] = Field(default_factory=dict, description="Keyword options for `build_dpo_pairs`.")
+    dpo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword options for `build_dpo_pairs` (e.g. `strategy`, `min_margin`, `degree`: the "
+        "vote-share gap that SPO's gap-based degree term reads; `d2o_positives`: K further majority samples "
+        "per pair for D2O).",
+    )
     grpo: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options for `build_grpo_prompts`."
     )
@@ -380,7 +385,11 @@ class TrainingConfig(_Section):
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other field of the TRL config of `method` (SFTConfig / DPOConfig / GRPOConfig), "
-        "e.g. `beta`, `loss_type`, `epsilon_high`, `entropy_coef`. Checked against TRL's field names.",
+        "e.g. `beta`, `loss_type`, `epsilon_high`, `entropy_coef`, plus the toolkit trainer's own keywords: "
+        "for `dpo`, `nll_weight` (DPO + NLL on chosen), `loss_type: d2o` (D2O), and the two SPO (Self-supervised "
+        "Preference Optimization) degree terms, `degree_weight` (gap-based, `spo_degree_gap`) and "
+        "`degree_paper_weight` (the paper's degraded responses, `spo_degree_paper`); see docs/training.md. "
+        "Checked against TRL's field names and the trainer's keywords.",
     )
 
 
@@ -451,6 +460,13 @@ class GuardConfig(_Section):
         description="Collapse when distinct majority answers across prompts (per prompt) fall below this "
         "fraction of round 0's: the same answer for different questions.",
     )
+    max_no_answer_increase: float | None = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Collapse when the share of evaluation samples without an extractable answer rises more "
+        "than this (absolute) above round 0's: the model stops answering.",
+    )
     max_rollbacks: int = Field(1, ge=0, description="Rollbacks allowed before the guard stops the loop.")
 
 
@@ -518,9 +534,12 @@ class RunConfig(_Section):
         generation["options"] = self.generation.backend_options()
         for backend in _BACKEND_SECTIONS:
             generation.pop(backend, None)
-        for (section, key), default in _FINGERPRINT_OMITTED_DEFAULTS.items():
-            if d.get(section, {}).get(key, default) == default:
-                d.get(section, {}).pop(key, None)
+        for (*sections, key), default in _FINGERPRINT_OMITTED_DEFAULTS.items():
+            node = d
+            for section in sections:
+                node = node.get(section, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict) and node.get(key, default) == default:
+                node.pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -528,12 +547,14 @@ class RunConfig(_Section):
 _BACKEND_SECTIONS = ("vllm", "hf", "openai")
 # Keys added to the schema after runs were recorded: at these values they are left out of the
 # fingerprint, so a run started before the key existed still resumes without --force.
-_FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, str], Any] = {
+_FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("task", "chat_template"): None,
     ("task", "long_prompts"): "error",
     ("task", "system_prompt"): None,
     ("task", "system_prompt_file"): None,
     ("scoring", "vote_truncated"): True,
+    # A guard rule only: a resumed run is checked by it from its next round on.
+    ("loop", "guard", "max_no_answer_increase"): 0.15,
 }
 
 

@@ -12,8 +12,12 @@ recipe trains for (a right answer is one answer), so those two rules are off by 
 recorded benchmark runs (benchmarks/audit_guard.py) a 30% entropy floor flagged 48 rounds, and
 held-out pass@1 rose by more than a point in 40 of them (19 of the 21 it flagged in
 ground-truth-reward baselines). The default rules watch what collapse looks like without
-labels: the same majority answer for different questions, completions that shrink or balloon, and
-a saturated majority ratio.
+labels: the same majority answer for different questions, completions that shrink or balloon, a
+saturated majority ratio, and samples that stop giving an answer at all (the share without an
+extractable answer rising by more than 15 points over round 0: self-consistency DPO at a too-high
+learning rate on arithmetic went from 0% to 22% while held-out pass@1 fell 45 -> 26,
+benchmarks/results/preference/; no recorded round of the other benchmarks rose by more than 13
+points).
 
 The best round is chosen without gold too: among rounds the guard did not flag, the one with the
 highest mean majority ratio on the evaluation prompts (agreement of the policy with itself, which
@@ -32,7 +36,8 @@ ENTROPY = "eval/answer_entropy"
 DISTINCT = "eval/distinct_answers"
 LENGTH = "eval/mean_length"
 DIVERSITY = "eval/answer_diversity"
-GUARD_KEYS = (MAJORITY, ENTROPY, DISTINCT, LENGTH, DIVERSITY)
+NO_ANSWER = "eval/no_answer_rate"
+GUARD_KEYS = (MAJORITY, ENTROPY, DISTINCT, LENGTH, DIVERSITY, NO_ANSWER)
 
 
 @dataclass
@@ -65,6 +70,7 @@ def check_collapse(
     min_length_ratio: float | None = 0.5,
     max_length_ratio: float | None = 3.0,
     min_diversity_ratio: float | None = 0.5,
+    max_no_answer_increase: float | None = 0.15,
 ) -> GuardDecision:
     """Apply the collapse rules to ``current`` diagnostics, relative to ``reference``; None turns a rule off."""
     reasons: list[str] = []
@@ -103,6 +109,13 @@ def check_collapse(
             f"({current[DIVERSITY]:.3f} vs {reference[DIVERSITY]:.3f} per prompt; "
             f"limit {min_diversity_ratio:.0%}): the answer stopped depending on the question"
         )
+    na, na_ref = current.get(NO_ANSWER), reference.get(NO_ANSWER)
+    if max_no_answer_increase is not None and na is not None and na_ref is not None:
+        if na - na_ref > max_no_answer_increase:
+            reasons.append(
+                f"samples without an answer rose from {na_ref:.0%} to {na:.0%} "
+                f"(limit +{max_no_answer_increase:.0%} points over the reference)"
+            )
     return GuardDecision(round=round, collapsed=bool(reasons), reasons=reasons)
 
 
@@ -143,6 +156,7 @@ def guard_settings(guard_cfg: Any) -> dict[str, Any]:
         "min_length_ratio": guard_cfg.min_length_ratio,
         "max_length_ratio": guard_cfg.max_length_ratio,
         "min_diversity_ratio": guard_cfg.min_diversity_ratio,
+        "max_no_answer_increase": guard_cfg.max_no_answer_increase,
     }
 
 
@@ -153,6 +167,7 @@ __all__ = [
     "GUARD_KEYS",
     "LENGTH",
     "MAJORITY",
+    "NO_ANSWER",
     "GuardDecision",
     "best_round",
     "check_collapse",
