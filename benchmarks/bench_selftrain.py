@@ -248,7 +248,7 @@ def borrowed_gold(path: Path, recs: Sequence[Mapping[str, Any]], jobs: Sequence[
     with the same sampling seeds; round 0 (the base model, before any training) is then the same
     measurement, so every seed's round-0 eval metrics must equal those of this run's label-free arm.
     """
-    from selfimprove.loop._io import read_jsonl
+    from selfimprove.runs.io import read_jsonl
 
     if not path.is_file():
         raise ValueError("no such file")

@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ConfigError, InputError
-from selfimprove.loop._io import (
+from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
+from selfimprove.loop.guard import best_round, check_collapse, guard_settings
+from selfimprove.models.loading import resolve_model
+from selfimprove.runs.folder import LOCK_FILE, HeldLock, busy_error, folder_lock, lock_holder, write_manifest
+from selfimprove.runs.folder import RunState as FolderState
+from selfimprove.runs.io import (
     read_json,
     read_jsonl,
     write_bytes_atomic,
@@ -42,11 +47,6 @@ from selfimprove.loop._io import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
-from selfimprove.loop.guard import best_round, check_collapse, guard_settings
-from selfimprove.models.loading import resolve_model
-from selfimprove.runs.folder import LOCK_FILE, HeldLock, busy_error, folder_lock, lock_holder, write_manifest
-from selfimprove.runs.folder import RunState as FolderState
 from selfimprove.tasks.base import SystemPromptTask
 
 STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
