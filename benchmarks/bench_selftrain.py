@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 ARMS = ("labelfree", "gold")
-GOLD_REWARD = "gold_verifier"  # registry name in selfimprove.score.rewards (SUPERVISED_REWARDS)
+GOLD_REWARD = "gold_verifier"  # registry name in selfimprove.score.rewards (marked supervised there)
 # The runner stores each reward term's values under rewards[<term name>] (the name when unique).
 GOLD_REWARD_KEY = GOLD_REWARD
 

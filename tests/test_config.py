@@ -9,7 +9,6 @@ import pytest
 
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import (
-    SUPERVISED_REWARDS,
     RunConfig,
     dump_config,
     iter_fields,
@@ -199,7 +198,9 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name and cfg.description.strip(), f"{path.name} needs a name and a description"
-    uses_gold = any(t.name in SUPERVISED_REWARDS for t in cfg.scoring.rewards)
+    from selfimprove.score.rewards import is_supervised_reward
+
+    uses_gold = any(is_supervised_reward(t.name) for t in cfg.scoring.rewards)
     assert uses_gold == cfg.supervised, f"{path.name}: supervised flag must match gold-reward use"
     if cfg.supervised:
         assert "SUPERVISED" in path.read_text(), "a supervised baseline must say so in its file"

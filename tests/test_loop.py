@@ -288,7 +288,8 @@ def test_report_of_real_run(finished_run):
 def test_supervised_baseline_is_rewarded_by_the_gold_verifier_alone(tmp_path, tiny_model_dir):
     """The SUPERVISED baseline's reward is the gold verifier only: no label-free majority vote is
     mixed in (the default vote reward stays out when only a gold reward is configured), and SFT
-    keeps exactly the samples whose answer is the gold one."""
+    keeps exactly the samples whose answer is the gold one (`data.sft.select: verifier` finds the gold
+    verifier's score without a `verifier_key`)."""
     write_letter_task(tmp_path / "task.jsonl")
     task_rows = [json.loads(line) for line in (tmp_path / "task.jsonl").read_text().splitlines()]
     train_gold = {r["id"]: r["answer"] for r in task_rows if r["split"] == "train"}
@@ -298,7 +299,6 @@ def test_supervised_baseline_is_rewarded_by_the_gold_verifier_alone(tmp_path, ti
             "supervised=true",
             "scoring.rewards=[{name: gold_verifier}]",
             "data.sft.select=verifier",
-            "data.sft.verifier_key=gold_verifier",
             "data.sft.min_majority_ratio=0.0",
             "generation.n=8",
             "generation.temperature=1.5",

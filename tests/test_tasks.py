@@ -8,7 +8,7 @@ import re
 import pytest
 
 from selfimprove.errors import InputError
-from selfimprove.tasks import GOLD_KEYS, TASKS, find_gold_keys, get_task, jsonl_task, split_of
+from selfimprove.tasks import GOLD_FIELDS, TASKS, find_gold_keys, get_task, jsonl_task, split_of
 from selfimprove.tasks.base import answers_equal, normalize_answer
 
 FAMILIES = sorted(TASKS)
@@ -82,7 +82,7 @@ def test_no_gold_anywhere_in_prompts(name, level):
 def test_find_gold_keys_sees_nested_fields():
     rec = {"prompt": [{"role": "user", "content": "x"}], "meta": {"a": [{"b": {"Answer": 1}}], "label": 2}}
     assert sorted(find_gold_keys(rec)) == ["meta.a[0].b.Answer", "meta.label"]
-    assert {"answer", "gold", "label", "solution", "ground_truth", "target"} == GOLD_KEYS
+    assert {"answer", "gold", "label", "solution", "ground_truth", "target"} == GOLD_FIELDS
 
 
 @pytest.mark.parametrize("name", FAMILIES)

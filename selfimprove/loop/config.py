@@ -483,7 +483,7 @@ class RunConfig(_Section):
     description: str = Field("", description="Free text shown in the report.")
     supervised: bool = Field(
         False,
-        description="Must be true when a reward uses gold labels (e.g. `verifier`): marks the run as a "
+        description="Must be true when a reward uses gold labels (e.g. `gold_verifier`): marks the run as a "
         "supervised baseline, not label-free.",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
@@ -535,10 +535,6 @@ _FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, str], Any] = {
     ("task", "system_prompt_file"): None,
     ("scoring", "vote_truncated"): True,
 }
-
-
-# Reward names that use gold labels: allowed only in runs marked `supervised: true`.
-SUPERVISED_REWARDS = frozenset({"gold_verifier", "verifier", "verifier_reward"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -676,40 +672,33 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
 def _cross_check(cfg: RunConfig, where: _Where) -> None:
     """Checks that need other modules: generation options, reward names, builder options, TRL fields."""
     _check_generation(cfg, where)
-    try:
-        from selfimprove.score import rewards as rewards_mod
-    except ImportError:
-        rewards_mod = None
-    registry = getattr(rewards_mod, "REWARDS", None) if rewards_mod else None
+    from selfimprove.data import build as build_mod
+    from selfimprove.score import rewards as rewards_mod
+
+    registry = rewards_mod.REWARDS
     for i, term in enumerate(cfg.scoring.rewards):
-        if registry is not None and ":" not in term.name and term.name not in registry:
+        if ":" not in term.name and term.name not in registry:
             path = ("scoring", "rewards", i, "name")
             raise ConfigError(
                 f"{where(path)}scoring.rewards[{i}].name: unknown reward {term.name!r}"
                 f"{_suggest(term.name, registry)}; registered: {', '.join(sorted(registry))}"
             )
-        if term.name in SUPERVISED_REWARDS and not cfg.supervised:
+        if rewards_mod.is_supervised_reward(term.name) and not cfg.supervised:
             path = ("scoring", "rewards", i, "name")
             raise ConfigError(
                 f"{where(path)}scoring.rewards[{i}].name: {term.name!r} reads gold labels; a run that "
                 "uses it must say `supervised: true` (it is a supervised baseline, not label-free)"
             )
-    try:
-        from selfimprove.data import build as build_mod
-    except ImportError:
-        build_mod = None
-    if build_mod is not None:
-        for section, fname in (
-            ("sft", "build_sft_rows"),
-            ("dpo", "build_dpo_pairs"),
-            ("grpo", "build_grpo_prompts"),
-        ):
-            func = getattr(build_mod, fname, None)
-            options = getattr(cfg.data, section)
-            if func is not None and options:
-                # The first positional argument is the scored rollouts, passed by the runner.
-                first = next(iter(inspect.signature(func).parameters), None)
-                _check_kwargs(func, options, f"data.{section}", where, skip=[first] if first else [])
+    for section, func in (
+        ("sft", build_mod.build_sft_rows),
+        ("dpo", build_mod.build_dpo_pairs),
+        ("grpo", build_mod.build_grpo_prompts),
+    ):
+        options = getattr(cfg.data, section)
+        if options:
+            # The first positional argument is the scored rollouts, passed by the runner.
+            first = next(iter(inspect.signature(func).parameters), None)
+            _check_kwargs(func, options, f"data.{section}", where, skip=[first] if first else [])
     uses_paraphrase = any(t.name == "paraphrase_agreement" for t in cfg.scoring.rewards)
     if uses_paraphrase and not cfg.scoring.paraphrase.enabled:
         raise ConfigError(

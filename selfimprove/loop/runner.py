@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ConfigError, InputError
-from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
+from selfimprove.gold import check_no_gold, check_record_no_gold, reads_gold
+from selfimprove.loop.config import RunConfig, dump_config
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
 from selfimprove.models.loading import resolve_model
 from selfimprove.runs.folder import LOCK_FILE, HeldLock, busy_error, folder_lock, lock_holder, write_manifest
@@ -51,8 +52,6 @@ from selfimprove.tasks.base import SystemPromptTask
 
 STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
 STATE_FILE = "state.json"
-# Gold-named fields; none may appear in anything a label-free stage reads or writes.
-GOLD_FIELDS = frozenset({"answer", "gold", "label", "solution", "ground_truth", "target"})
 # vLLM accepts these LoRA ranks as max_lora_rank.
 _VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
 
@@ -288,9 +287,7 @@ def _train_prompts(config: RunConfig, task, r: int, skip: Set[str] = frozenset()
     if not prompts:
         raise InputError(f"task {getattr(task, 'name', '?')}: the train split is empty")
     for rec in prompts:
-        leaked = GOLD_FIELDS & (set(rec) | set(rec.get("meta") or {}))
-        if leaked:
-            raise InputError(f"train prompt {rec.get('prompt_id')!r} carries gold field(s) {sorted(leaked)}")
+        check_record_no_gold(rec, f"train prompt {rec.get('prompt_id')!r}")
     prompts = _rendered(config, prompts, skip)
     if not prompts:
         raise InputError(
@@ -432,20 +429,43 @@ def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., lis
                 options["extractor"] = ex_name
                 if ex_options:
                     options.setdefault("extractor_options", dict(ex_options))
-        if term.name in SUPERVISED_REWARDS and "math" not in options:
+        supervised = reads_gold(REWARDS.get(term.name))
+        if supervised and "math" not in options:
             # The supervised baseline rewards exactly what evaluation counts as correct (the
             # task's checker), not math-verify's looser equality (it reads "23, 10, 45" as the
             # set {10, 23, 45} and "ACB" as the product A*B*C, so it rewarded unsorted lists).
             options["check"] = task.check
-        label = (
-            term.name if all(t.name != term.name for t in config.scoring.rewards[:i]) else f"{term.name}_{i}"
-        )
+        label = _reward_label(config, i)
         try:
             fn = get_reward(term.name, **options)
         except ConfigError as exc:
             raise ConfigError(f"scoring.rewards[{i}]: {exc}") from None
-        terms.append((label, fn, term.weight, term.name in SUPERVISED_REWARDS))
+        terms.append((label, fn, term.weight, supervised or reads_gold(fn)))
     return terms
+
+
+def _reward_label(config: RunConfig, i: int) -> str:
+    """The key of reward term ``i`` in a scored record's ``rewards`` (its name; ``name_i`` when repeated)."""
+    name = config.scoring.rewards[i].name
+    return name if all(t.name != name for t in config.scoring.rewards[:i]) else f"{name}_{i}"
+
+
+def _gold_reward_labels(config: RunConfig) -> list[str]:
+    """The ``rewards`` keys of the terms that read gold (registered as supervised, or a marked user reward)."""
+    from selfimprove.score.extract import load_callable
+    from selfimprove.score.rewards import is_supervised_reward
+
+    out = []
+    for i, term in enumerate(config.scoring.rewards):
+        if is_supervised_reward(term.name) or (":" in term.name and reads_gold(load_callable(term.name))):
+            if not config.supervised:
+                # A user's reward ("module:function") marked with selfimprove.gold.supervised_reward.
+                raise ConfigError(
+                    f"scoring.rewards[{i}].name: {term.name!r} reads gold labels; a run that uses it must "
+                    "say `supervised: true` (it is a supervised baseline, not label-free)"
+                )
+            out.append(_reward_label(config, i))
+    return out
 
 
 def _extractor_spec(config: RunConfig, task) -> tuple[str, dict[str, Any]]:
@@ -651,6 +671,7 @@ class _Run:
         self.log = log
         self.model_path = resolve_model(config.model.path, progress=progress)
         self.task = _load_task(config)
+        self.gold_rewards = _gold_reward_labels(config)
         self.skip, self.warnings = _check_inputs(config, self.task, self.model_path)
         self._generator = generator
         # A generator handed in by the caller is the caller's to close.
@@ -949,15 +970,18 @@ class _Run:
         scored = [s for s in read_jsonl(rdir / "scores.jsonl") if s.get("in_train", True)]
         method = self.cfg.training.method
         if method == "sft":
-            rows, stats = build.build_sft_rows(scored, **self.cfg.data.sft)
+            options = dict(self.cfg.data.sft)
+            if options.get("select") == "verifier" and "verifier_key" not in options and self.gold_rewards:
+                # A supervised run's verifier is its gold reward: found under its own name.
+                options["verifier_key"] = self.gold_rewards[0]
+            rows, stats = build.build_sft_rows(scored, **options)
         elif method == "dpo":
             rows, stats = build.build_dpo_pairs(scored, **self.cfg.data.dpo)
         else:
             rows, stats = build.build_grpo_prompts(scored, **self.cfg.data.grpo)
-        for i, row in enumerate(rows):
-            leaked = GOLD_FIELDS & set(row)
-            if leaked and not self.cfg.supervised:
-                raise InputError(f"internal error: training row {i} carries gold field(s) {sorted(leaked)}")
+        if not self.cfg.supervised:
+            for i, row in enumerate(rows):
+                check_no_gold(row.keys(), f"training row {i} of round {r}")
         write_jsonl_atomic(rdir / "train_data.jsonl", rows)
         write_json_atomic(rdir / "build_stats.json", stats.to_dict())
         info = {"rows": len(rows), "build": stats.summary()}

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from selfimprove.errors import InputError
+from selfimprove.gold import check_record_no_gold
 from selfimprove.score.extract import answers_equal, get_extractor
-from selfimprove.score.rewards import check_no_gold, completion_text, pseudo_label_reward
+from selfimprove.score.rewards import completion_text, pseudo_label_reward
 from selfimprove.score.vote import Vote, majority_vote
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,7 @@ def score_rollouts(
         for key in ("prompt_id", "completion"):
             if key not in r:
                 raise InputError(f"rollout {i}: missing field {key!r}")
-        check_no_gold(list(r), f"rollout {i} (label-free scoring)")
-        meta = r.get("meta") or {}
-        check_no_gold(
-            list(meta) if isinstance(meta, Mapping) else [], f"rollout {i} meta (label-free scoring)"
-        )
+        check_record_no_gold(r, f"rollout {i} (label-free scoring)")
         rec = dict(r)
         rec["extracted"] = ex(completion_text(r["completion"]))
         if not vote_truncated and r.get("finish_reason") == "length":
