@@ -375,3 +375,23 @@ def test_runs_started_before_the_new_keys_still_resume():
     assert RunConfig().fingerprint() == "8791252249a9c262"
     assert load_config(REPO / "configs" / "rejection_sft.yaml").fingerprint() == "2e34584e642351ef"
     assert load_config(REPO / "configs" / "demo.yaml").fingerprint() == "8d87dbcc1cbfde92"
+
+
+def test_a_command_whose_module_fails_to_import_is_not_dropped_silently(tmp_path):
+    """A broken install fails loudly with the cause (it used to drop the sub-command from --help)."""
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "selfimprove_broken"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "cmd.py").write_text("import selfimprove_missing_dependency\n")
+    code = (
+        "import sys; from selfimprove import cli; "
+        "cli.COMMANDS['broken'] = ('selfimprove_broken.cmd', 'x'); sys.exit(cli.main(['--help']))"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "selfimprove_missing_dependency" in proc.stderr

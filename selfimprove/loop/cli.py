@@ -57,12 +57,9 @@ def run(args: argparse.Namespace) -> int:
             f" (score {summary['best_round_score']:.3f})"
         )
     if not args.no_report:
-        try:
-            from selfimprove.loop.report import write_report
-        except ImportError:
-            write_report = None
-        if write_report is not None:
-            paths = write_report(run_dir)
-            print(f"report: {paths['md']} and {paths['html']}")
+        from selfimprove.loop.report import write_report
+
+        paths = write_report(run_dir)
+        print(f"report: {paths['md']} and {paths['html']}")
     print(f"run folder: {run_dir}")
     return 0

@@ -214,10 +214,8 @@ _JUDGE_RESERVED = ("generator", "adapter", "sampling", "progress")
 
 def _judge_option_names(kind: str) -> list[str]:
     """Option names a loop judge of ``kind`` accepts (constructor keywords plus loop options)."""
-    try:
-        from selfimprove.score.judges import JUDGES
-    except ImportError:  # judges module missing: the runner will complain when it builds one
-        return []
+    from selfimprove.score.judges import JUDGES
+
     params = inspect.signature(JUDGES[kind].__init__).parameters
     names = [n for n in params if n != "self" and n not in _JUDGE_RESERVED]
     return [*names, *_JUDGE_SAMPLING_OPTIONS, *_JUDGE_LOOP_OPTIONS[kind]]
@@ -557,11 +555,9 @@ def _trl_config_class(method: str) -> type | None:
 
 def _trainer_keywords(method: str) -> set[str]:
     """Keyword options of ``train_<method>`` beyond the TRL config (e.g. DPO's ``nll_weight``)."""
-    try:
-        module = __import__(f"selfimprove.train.{method}", fromlist=[f"train_{method}"])
-        func = getattr(module, f"train_{method}")
-    except (ImportError, AttributeError):
-        return set()
+    import importlib
+
+    func = getattr(importlib.import_module(f"selfimprove.train.{method}"), f"train_{method}")
     return {
         n for n, p in inspect.signature(func).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
@@ -575,16 +571,12 @@ _BACKEND_CLASSES = {
 }
 
 
-def _backend_options(backend: str) -> tuple[list[str], bool] | None:
-    """(keyword options of ``backend``'s constructor, whether it passes other keywords on to its
-    engine); None when the backend module cannot be imported (the runner reports that)."""
+def _backend_options(backend: str) -> tuple[list[str], bool]:
+    """(keyword options of ``backend``'s constructor, whether it passes other keywords on to its engine)."""
     import importlib
 
     module, name = _BACKEND_CLASSES[backend]
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+    cls = getattr(importlib.import_module(module), name)
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, model
     named = [
         p.name
@@ -605,10 +597,7 @@ def _vllm_engine_arguments() -> set[str] | None:
 
 def _accepts(backend: str, name: str, engine_args: dict[str, set[str] | None]) -> bool | None:
     """Whether ``backend``'s constructor takes option ``name`` (None: cannot tell)."""
-    known = _backend_options(backend)
-    if known is None:
-        return None
-    named, passes_on = known
+    named, passes_on = _backend_options(backend)
     if name in named:
         return True
     if not passes_on:
@@ -631,7 +620,7 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
     for backend in _BACKEND_SECTIONS:
         for name in getattr(g, backend):
             if _accepts(backend, name, engine_args) is False:
-                named = (_backend_options(backend) or ([], False))[0]
+                named = _backend_options(backend)[0]
                 path = ("generation", backend, name)
                 cls = _BACKEND_CLASSES[backend][1]
                 raise ConfigError(
@@ -651,7 +640,7 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
             continue
         takers = [b for b in _BACKEND_SECTIONS if b != chosen and _accepts(b, name, engine_args)]
         source = where.source(("generation", "backend"), fallback=False) or "the default"
-        named = (_backend_options(chosen) or ([], False))[0]
+        named = _backend_options(chosen)[0]
         hint = (
             f"it is an option of the {' and '.join(takers)} backend: move it to "
             f"generation.{takers[0]}.{name}, which is read only when that backend runs"

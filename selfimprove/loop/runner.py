@@ -1009,10 +1009,10 @@ class _Run:
             args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
         if method == "grpo":
             terms = _build_rewards(self.cfg, self.task)
-            reads_gold = any(gold for *_x, gold in terms)
-            if reads_gold and not self.cfg.supervised:
+            uses_gold = any(gold for *_x, gold in terms)
+            if uses_gold and not self.cfg.supervised:
                 raise ConfigError("a gold-reading reward needs `supervised: true`")
-            if reads_gold:
+            if uses_gold:
                 # SUPERVISED baseline: the verifier reward reads the gold column during training.
                 gold = self._train_gold(r)
                 rows = [{**row, "answer": gold.get(str(row["prompt_id"]))} for row in rows]
@@ -1023,12 +1023,9 @@ class _Run:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        try:
-            from selfimprove.train.adapters import set_adapter_round
+        from selfimprove.train.adapters import set_adapter_round
 
-            set_adapter_round(final, r)
-        except ImportError:
-            pass
+        set_adapter_round(final, r)
         losses = [x for x in result.loss_history if x is not None]
         return {
             # Relative to the run folder, so a moved or copied run folder still resumes.
