@@ -191,6 +191,23 @@ def test_metrics_recomputed_by_hand(finished_run):
 
 
 @pytest.mark.slow
+def test_label_and_reward_accuracy_mean_the_same_as_in_compute_diagnostics(finished_run):
+    """train/label_accuracy and train/reward_accuracy of a round equal compute_diagnostics' values
+    of the same names on that round's scores.jsonl (one definition, selfimprove.eval)."""
+    from selfimprove.score.diagnostics import compute_diagnostics
+
+    rows = [json.loads(line) for line in (finished_run["tmp"] / "task.jsonl").read_text().splitlines()]
+    train_gold = {r["id"]: r["answer"] for r in rows if r["split"] == "train"}
+    history = _jsonl(finished_run["dir"] / "metrics.jsonl")
+    for r in (1, 2):
+        scored = _jsonl(finished_run["dir"] / f"round_{r:02d}" / "scores.jsonl")
+        d = compute_diagnostics(scored, gold=train_gold)
+        m = next(x for x in history if x["round"] == r)
+        assert d["label_accuracy"] == pytest.approx(m["train/label_accuracy"])
+        assert d["reward_accuracy"] == pytest.approx(m["train/reward_accuracy"])
+
+
+@pytest.mark.slow
 def test_training_changed_the_adapter(finished_run):
     from safetensors.torch import load_file
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ConfigError, InputError
+from selfimprove.eval.evaluate import group_by_prompt
 from selfimprove.gold import check_no_gold, check_record_no_gold, reads_gold
 from selfimprove.loop.config import RunConfig, dump_config
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
@@ -401,15 +402,6 @@ def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
     return task.extract
 
 
-def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for rec in records:
-        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
-    for recs in groups.values():
-        recs.sort(key=lambda r: r.get("sample_index", 0))
-    return groups
-
-
 def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., list], float, bool]]:
     """(name, reward function, weight, reads_gold) for every configured reward term."""
     import inspect
@@ -488,14 +480,6 @@ def _mark_train_subset(scored: list[dict[str, Any]], n_train: int | None, seed: 
             keep = set(random.Random(f"{seed}|{pid}").sample(range(len(recs)), n_train))
         for j, rec in enumerate(sorted(recs, key=lambda x: x.get("sample_index", 0))):
             rec["in_train"] = j in keep
-
-
-def _prompt_text(prompt: Any) -> str:
-    """The question of a prompt: the text, or the last user message of a chat."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else str(prompt[-1].get("content", ""))
 
 
 def _sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int, seed: int):
@@ -842,8 +826,7 @@ class _Run:
         judge's report (counts, failure rate, position consistency) with NaN as None.
         """
         from selfimprove.generate import build_generator
-        from selfimprove.generate.base import Sampling
-        from selfimprove.score.judges import PairwiseJudge, PointwiseJudge, pairwise_sampling
+        from selfimprove.score.judging import build_rollout_judge, judge_rollouts
 
         jc = self.cfg.scoring.judge
         if jc.model == "policy":
@@ -852,99 +835,36 @@ class _Run:
             if self._judge_generator is None:
                 self._judge_generator = build_generator(self.cfg.generation.backend, jc.model)
             gen, judge_adapter = self._judge_generator, None
-        options = dict(jc.options)
-        opponents = options.pop("opponents", "all")
-        # Sampling of the judge's replies from plain keys (a YAML file cannot build a Sampling).
-        sampling_keys = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
-        n = int(options.get("n_repeats", 1))
-        if jc.kind == "pairwise":
-            # Always built here: seeded (reproducible sampled judgements); the judge's own
-            # sampling otherwise (letters and top-k log-probabilities in logprob mode).
-            options["sampling"] = pairwise_sampling(
-                n_repeats=n,
-                temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
-                max_tokens=sampling_keys.get("max_tokens"),
-                seed=self.cfg.loop.seed * 1000 + r,
-                **{k: options[k] for k in ("mode", "top_logprobs") if k in options},
-            )
-        elif sampling_keys:
-            options["sampling"] = Sampling(
-                n=n,
-                temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
-                max_tokens=sampling_keys.get("max_tokens", 256),
-            )
-        cls = PairwiseJudge if jc.kind == "pairwise" else PointwiseJudge
-        try:
-            judge = cls(gen, adapter=judge_adapter, progress=self.progress, **options)
-        except TypeError as exc:
-            raise ConfigError(f"scoring.judge.options: {exc}") from None
-        if jc.kind == "pointwise":
-            questions = [_prompt_text(x["prompt"]) for x in rollouts]
-            scores = judge.score(questions, [x["completion"] for x in rollouts])
-        else:
-            # Groups of one prompt's rollouts (in sample order); scores mapped back to rollout order.
-            groups: dict[str, list[int]] = {}
-            for k, x in enumerate(rollouts):
-                groups.setdefault(str(x["prompt_id"]), []).append(k)
-            for idx in groups.values():
-                idx.sort(key=lambda k: rollouts[k].get("sample_index", 0))
-            pids = list(groups)
-            table = judge.tournament(
-                [_prompt_text(rollouts[groups[p][0]]["prompt"]) for p in pids],
-                [[rollouts[k]["completion"] for k in groups[p]] for p in pids],
-                opponents=opponents,
-                seeds=[f"{self.cfg.loop.seed}|{r}|{p}" for p in pids],
-            )
-            scores = [None] * len(rollouts)
-            for p, row in zip(pids, table, strict=True):
-                for k, v in zip(groups[p], row, strict=True):
-                    scores[k] = v
-        report: dict[str, Any] = {"kind": jc.kind}
-        for key, value in judge.report().items():
-            report[key] = None if isinstance(value, float) and math.isnan(value) else value
-        report["scored_rate"] = sum(v is not None for v in scores) / len(scores) if scores else 0.0
-        return scores, report
+        judge, opponents = build_rollout_judge(
+            jc.kind,
+            gen,
+            jc.options,
+            adapter=judge_adapter,
+            seed=self.cfg.loop.seed * 1000 + r,
+            progress=self.progress,
+            where="scoring.judge.options",
+        )
+        return judge_rollouts(judge, rollouts, opponents=opponents, seed=f"{self.cfg.loop.seed}|{r}")
 
     def _paraphrase_labels(self, r: int, rdir: Path, adapter: str | None) -> dict[str, str | None]:
         """Co-Reward: the policy's voted answer on a paraphrase of each train question."""
-        from selfimprove.score.rewards import make_paraphrases
-        from selfimprove.score.vote import majority_vote
+        from selfimprove.score.paraphrase import paraphrased_prompts, voted_labels
 
         pc = self.cfg.scoring.paraphrase
-        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
-        cache = self.dir / "paraphrases.jsonl"
-        if not cache.exists():
-            # Made once, by the base model, and kept: every round votes on the same rewrites.
-            questions = [_prompt_text(p["prompt"]) for p in prompts]
-            if pc.model is not None:
-                from selfimprove.generate import build_generator
 
-                writer = build_generator(self.cfg.generation.backend, pc.model)
-                try:
-                    rewrites = make_paraphrases(writer, questions, pc.template)
-                finally:
-                    writer.close()
-            else:
-                rewrites = make_paraphrases(self.generator, questions, pc.template)
-            made = sum(t is not None for t in rewrites)
-            self.log(f"co-reward: {made}/{len(questions)} paraphrases kept (prompts without one abstain)")
-            write_jsonl_atomic(
-                cache,
-                [
-                    {"prompt_id": p["prompt_id"], "paraphrase": t}
-                    for p, t in zip(prompts, rewrites, strict=True)
-                ],
-            )
-        rewrites = {x["prompt_id"]: x["paraphrase"] for x in read_jsonl(cache)}
-        para_prompts = [
-            {
-                "prompt_id": p["prompt_id"],
-                "prompt": [{"role": "user", "content": rewrites[p["prompt_id"]]}],
-                "meta": {},
-            }
-            for p in prompts
-            if rewrites.get(p["prompt_id"])
-        ]
+        def writer():
+            # Made once, by the base model (or paraphrase.model), and kept: every round votes on the same rewrites.
+            if pc.model is None:
+                return self.generator, lambda: None
+            from selfimprove.generate import build_generator
+
+            gen = build_generator(self.cfg.generation.backend, pc.model)
+            return gen, gen.close
+
+        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
+        para_prompts = paraphrased_prompts(
+            prompts, self.dir / "paraphrases.jsonl", writer, template=pc.template, log=self.log
+        )
         g = self.cfg.generation
         sampling = _sampling(
             self.cfg,
@@ -953,16 +873,10 @@ class _Run:
             max_tokens=g.max_tokens,
             seed=self.cfg.loop.seed * 1000 + 250 + r,
         )
-        recs = (
-            self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
-            if para_prompts
-            else []
-        )
-        extract = _extractor(self.cfg, self.task)
-        answers: dict[str, list[str | None]] = {}
-        for x in recs:
-            answers.setdefault(str(x["prompt_id"]), []).append(extract(x["completion"]))
-        return {pid: majority_vote(a).pseudo_label for pid, a in answers.items()}
+        if not para_prompts:
+            return {}
+        recs = self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
+        return voted_labels(recs, _extractor(self.cfg, self.task))
 
     def stage_build(self, r: int, rdir: Path) -> dict[str, Any]:
         from selfimprove.data import build
@@ -1054,7 +968,7 @@ class _Run:
 
     def compute_metrics(self, r: int, rdir: Path) -> dict[str, Any]:
         """Every metric of round ``r`` from the files of its folder (gold read here only)."""
-        from selfimprove.loop.metrics import evaluate_answers
+        from selfimprove.eval import eval_metrics, label_accuracy, reward_accuracy
         from selfimprove.score.diagnostics import group_diagnostics, truncated_vote_share
 
         rs = self.state.round(r)
@@ -1063,20 +977,13 @@ class _Run:
         # The size of the eval split: 0 means every eval metric is missing (round_table warns).
         m["eval/prompts"] = len(_eval_split(self.cfg, self.task, self.skip)[0])
         ev_recs = read_jsonl(rdir / "eval" / "rollouts.jsonl")
-        if ev_recs:
-            groups = _group(ev_recs)
-            answers = {pid: [extract(x["completion"]) for x in recs] for pid, recs in groups.items()}
-            _prompts, gold = _eval_split(self.cfg, self.task, self.skip)
-            with_gold = {pid: a for pid, a in answers.items() if pid in gold}
-            if with_gold:
-                ks = [k for k in self.cfg.evaluation.k if k <= min(len(a) for a in with_gold.values())]
-                acc = evaluate_answers(with_gold, gold, self.task.check, ks=ks)
-                m.update({f"eval/{k}": v for k, v in acc.items()})
-            m.update({f"eval/{k}": v for k, v in group_diagnostics(groups, answers).items()})
+        _prompts, gold = _eval_split(self.cfg, self.task, self.skip)
+        acc = eval_metrics(ev_recs, gold, extract, self.task.check, ks=self.cfg.evaluation.k)
+        m.update({f"eval/{k}": v for k, v in acc.items()})
         scores_path = rdir / "scores.jsonl"
         if scores_path.exists():
             scored = read_jsonl(scores_path)
-            groups = _group(scored)
+            groups = group_by_prompt(scored)
             answers = {pid: [x.get("extracted") for x in recs] for pid, recs in groups.items()}
             m.update({f"train/{k}": v for k, v in group_diagnostics(groups, answers).items()})
             rewards = [x["reward"] for x in scored if x.get("reward") is not None]
@@ -1090,23 +997,17 @@ class _Run:
             m["train/truncated_vote_share"] = truncated_vote_share(scored)
             # Diagnostics of the pseudo-labels against gold: evaluation only, computed after the
             # round's data was built and trained on, never fed back.
-            train_gold = self._train_gold(r)
-            labelled = [(recs[0].get("pseudo_label"), train_gold.get(pid)) for pid, recs in groups.items()]
-            labelled = [(p, g) for p, g in labelled if g is not None and p is not None]
-            if labelled:
-                m["train/label_accuracy"] = sum(self.task.check(p, g) for p, g in labelled) / len(labelled)
-            pairs = []
-            for pid, recs in groups.items():
-                g = train_gold.get(pid)
-                if g is None:
-                    continue
-                for x in recs:
-                    if x.get("reward") is None:
-                        continue
-                    # A reward is "right" when it is positive exactly for the correct samples.
-                    pairs.append((x["reward"] > 0) == bool(self.task.check(x.get("extracted"), g)))
-            if pairs:
-                m["train/reward_accuracy"] = sum(pairs) / len(pairs)
+            train_gold = {pid: g for pid, g in self._train_gold(r).items() if g is not None}
+            pseudo = {pid: recs[0].get("pseudo_label") for pid, recs in groups.items()}
+            accuracy = {
+                "train/label_accuracy": label_accuracy(pseudo, train_gold, self.task.check),
+                "train/reward_accuracy": reward_accuracy(
+                    ((str(x["prompt_id"]), x.get("reward"), x.get("extracted")) for x in scored),
+                    train_gold,
+                    self.task.check,
+                ),
+            }
+            m.update({k: v for k, v in accuracy.items() if v is not None})
         judge_path = rdir / "judge_report.json"
         if judge_path.exists():
             # The judge's own counts: parse-failure rate, position consistency (pairwise), ...

@@ -444,7 +444,7 @@ def measure(
     progress: bool = False,
 ) -> dict[str, float]:
     """Sampled pass@1, maj@n and pass@n on ``n_prompts`` held-out eval prompts."""
-    from selfimprove.loop.metrics import evaluate_answers
+    from selfimprove.eval.metrics import evaluate_answers
 
     prompts, gold = task.make_split("eval", n_prompts, seed=seed, level=level)
     answers = sample_answers(
