@@ -71,7 +71,7 @@ _RECEIVED: list[int] = []
 
 
 @contextlib.contextmanager
-def _sigterm_raises():
+def sigterm_raises():
     """Turn SIGTERM into ``Terminated`` and SIGINT into ``Interrupted`` while a command runs.
 
     Python's default SIGTERM action exits without unwinding, so ``kill`` (or a scheduler's
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from selfimprove.errors import SelfImproveError
 
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             return int(args._module.run(args) or 0)
     except (Interrupted, KeyboardInterrupt):  # Terminated (SIGTERM) included
         status = _interrupted(args.command)

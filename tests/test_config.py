@@ -248,11 +248,11 @@ def test_recipes_ship_inside_the_package():
 )
 def test_task_instruction_default_follows_the_model(model, instruction, expected):
     """builtin: models are trained without the answer-format instruction; model folders get it."""
-    from selfimprove.loop.runner import _load_task
+    from selfimprove.loop.inputs import load_task
     from selfimprove.tasks.synthetic import INSTRUCTION
 
     data = {"model": {"path": model}, "task": {"name": "sorting", "instruction": instruction}}
-    task = _load_task(validate_config(data))
+    task = load_task(validate_config(data))
     prompts, _ = task.make_split("eval", 2, seed=0)
     assert all((INSTRUCTION in p["prompt"][0]["content"]) is expected for p in prompts)
 
@@ -283,9 +283,9 @@ def test_every_recipe_loads_with_every_backend(path, backend):
     by that backend: switching backend by override neither fails nor hands them to another one."""
     cfg = load_config(path, BACKEND_OVERRIDES[backend])
     options = cfg.generation.backend_options()
-    from selfimprove.loop.runner import _generator_options
+    from selfimprove.loop.components import generator_options
 
-    built = _generator_options(cfg)
+    built = generator_options(cfg)
     if backend == "vllm":
         assert options["enforce_eager"] is True and built["kv_cache_gb"] == 1
         assert built["enable_lora"] is True and built["max_lora_rank"] >= cfg.training.lora.rank

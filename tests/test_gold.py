@@ -134,3 +134,37 @@ def test_a_user_task_with_a_second_gold_field_is_refused(tmp_path, name):
     path.write_text(json.dumps({"prompt": "Say 1.", "answer": "1", name: "1"}) + "\n")
     with pytest.raises(InputError, match=f"{path}:1: field.*{name}"):
         get_task(str(path))
+
+
+class LeakyTask:
+    """A user's Task object whose prompt records carry a gold field (a bug the runner must catch)."""
+
+    name = "leaky"
+    extractor = "last_number"
+    extractor_options: dict = {}
+
+    def __init__(self, field: str, in_meta: bool):
+        self.field, self.in_meta = field, in_meta
+
+    def make_split(self, split, n=None, seed=0, level=None):
+        rec = {"prompt_id": "p0", "prompt": "Say 1.", "meta": {}}
+        (rec["meta"] if self.in_meta else rec)[self.field] = "1"
+        return [rec], {"p0": "1"}
+
+    def extract(self, text):
+        return text.strip() or None
+
+    def check(self, pred, gold):
+        return pred == gold
+
+
+@pytest.mark.parametrize("in_meta", [False, True])
+@pytest.mark.parametrize("name", ["Gold", "gold_answer", "answer"])
+def test_the_runner_refuses_train_prompts_with_a_gold_field(tmp_path, name, in_meta):
+    from selfimprove.loop.config import validate_config
+    from selfimprove.loop.inputs import train_prompts
+
+    cfg = validate_config({"name": "t", "model": {"path": str(tmp_path)}, "task": {"name": "arithmetic"}})
+    with pytest.raises(LabelLeakError, match=f"train prompt 'p0'.*{name}"):
+        train_prompts(cfg, LeakyTask(name, in_meta), 1)
+    assert train_prompts(cfg, LeakyTask("question_text", in_meta), 1)[0]["prompt_id"] == "p0"

@@ -550,17 +550,17 @@ def test_loop_pairwise_judge_dpo_on_vllm(tmp_path, tiny_model_dir, vllm_generato
 def test_train_prompts_per_round(resample):
     """A fixed self-training set, or fresh prompts every round; never a gold field, eval split untouched."""
     from selfimprove.loop.config import validate_config
-    from selfimprove.loop.runner import _eval_split, _load_task, _train_prompts
+    from selfimprove.loop.inputs import eval_split, load_task, train_prompts
 
     cfg = validate_config({"task": {"train_size": 12, "eval_size": 6, "resample_each_round": resample}})
-    task = _load_task(cfg)
-    r1, r2 = _train_prompts(cfg, task, 1), _train_prompts(cfg, task, 2)
+    task = load_task(cfg)
+    r1, r2 = train_prompts(cfg, task, 1), train_prompts(cfg, task, 2)
     ids1, ids2 = [p["prompt_id"] for p in r1], [p["prompt_id"] for p in r2]
     assert len(ids1) == len(ids2) == 12
     assert (ids1 != ids2) is resample
     for p in r1 + r2:
         assert not GOLD_KEYS & set(p) and not GOLD_KEYS & set(p.get("meta") or {})
-    eval_ids = set(_eval_split(cfg, task)[0][i]["prompt_id"] for i in range(6))
+    eval_ids = set(eval_split(cfg, task)[0][i]["prompt_id"] for i in range(6))
     assert not eval_ids & (set(ids1) | set(ids2))
 
 

@@ -157,15 +157,15 @@ def test_arithmetic_worked_solution_is_correct_arithmetic():
 
 
 def test_column_work_carries_and_borrows():
-    from selfimprove.tasks.synthetic import _column_work
+    from selfimprove.tasks.synthetic import column_work
 
-    assert _column_work(67, "+", 14) == ("7+4=11, 6+1+1=8", 81)
-    assert _column_work(96, "+", 98) == ("6+8=14, 9+9+1=19", 194)
-    assert _column_work(52, "-", 17) == ("12-7=5, 4-1=3", 35)
-    assert _column_work(100, "-", 1) == ("10-1=9, 9-0=9, 0-0=0", 99)
+    assert column_work(67, "+", 14) == ("7+4=11, 6+1+1=8", 81)
+    assert column_work(96, "+", 98) == ("6+8=14, 9+9+1=19", 194)
+    assert column_work(52, "-", 17) == ("12-7=5, 4-1=3", 35)
+    assert column_work(100, "-", 1) == ("10-1=9, 9-0=9, 0-0=0", 99)
     # A slip changes what is written in one column; the carry follows what is written.
-    assert _column_work(96, "+", 98, (1, 1)) == ("6+8=14, 9+9+1=20", 204)
-    assert _column_work(52, "-", 17, (0, -1)) == ("12-7=4, 4-1=3", 34)
+    assert column_work(96, "+", 98, (1, 1)) == ("6+8=14, 9+9+1=20", 204)
+    assert column_work(52, "-", 17, (0, -1)) == ("12-7=4, 4-1=3", 34)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

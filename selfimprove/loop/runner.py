@@ -23,612 +23,57 @@ adapters are passed to it by path (hot-swapped).
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfimprove.errors import ConfigError, InputError
-from selfimprove.eval.evaluate import group_by_prompt
-from selfimprove.gold import check_no_gold, check_record_no_gold, reads_gold
-from selfimprove.loop.config import RunConfig, dump_config
+from selfimprove.errors import ConfigError
+from selfimprove.loop.components import (
+    build_rewards,
+    generator_options,
+    gold_reward_labels,
+    lora_settings,
+    make_sampling,
+    split_trainer_options,
+    task_extractor,
+    train_args,
+)
+from selfimprove.loop.config import RunConfig
+from selfimprove.loop.folder import (
+    STAGES,
+    RunState,
+    StartRecord,
+    check_run_dir,
+    prepare_run_dir,
+    resolve_run_dir,
+    round_dir,
+)
 from selfimprove.loop.guard import best_round, check_collapse, guard_settings
+from selfimprove.loop.inputs import check_inputs, eval_split, load_task, train_gold, train_prompts
+from selfimprove.loop.round_metrics import round_metrics
+from selfimprove.loop.scoring import build_round_data, score_round
+from selfimprove.loop.table import round_table, round_warnings
 from selfimprove.models.loading import resolve_model
-from selfimprove.runs.folder import LOCK_FILE, HeldLock, busy_error, folder_lock, lock_holder, write_manifest
-from selfimprove.runs.folder import RunState as FolderState
+from selfimprove.runs.folder import folder_lock
 from selfimprove.runs.io import (
     read_json,
     read_jsonl,
-    write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
-    write_text_atomic,
 )
-from selfimprove.tasks.base import SystemPromptTask
-
-STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
-STATE_FILE = "state.json"
-# vLLM accepts these LoRA ranks as max_lora_rank.
-_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
-
-
-def round_dir(run_dir: Path, r: int) -> Path:
-    """The folder of round ``r`` (round 0 is the base model's evaluation)."""
-    return run_dir / f"round_{r:02d}"
-
 
 # ---------------------------------------------------------------------------------------------
 # Run-folder state
 # ---------------------------------------------------------------------------------------------
 
 
-class RunState(FolderState):
-    """``state.json`` of a self-training run: finished stages per round, the current adapter, guard events."""
-
-    @classmethod
-    def new(cls, path: Path, fingerprint: str) -> RunState:  # type: ignore[override]
-        """A fresh state for a new run."""
-        return super().new(path, fingerprint, STAGES, adapter=None, stopped=None, guard=[], rollbacks=0)
-
-    @classmethod
-    def load(cls, path: Path) -> RunState:  # type: ignore[override]
-        """Read an existing state.json."""
-        return super().load(path, STAGES)
-
-
 # ---------------------------------------------------------------------------------------------
 # Setup: run folder, manifest, model, task
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_run_dir(config: RunConfig, run_dir: str | Path | None) -> Path:
-    """``run_dir`` if given, else ``output.run_dir``, else ``runs/<name>``."""
-    if run_dir is not None:
-        return Path(run_dir)
-    if config.output.run_dir:
-        return Path(config.output.run_dir)
-    return Path("runs") / config.name
-
-
-def _write_manifest(run_dir: Path, config: RunConfig, command: Sequence[str] | None, resumed: bool) -> None:
-    fields = {
-        "name": config.name,
-        "config_hash": config.fingerprint(),
-        "supervised": config.supervised,
-        "seeds": {"loop": config.loop.seed, "task": config.task.seed},
-    }
-    write_manifest(run_dir, fields, command=command, resumed=resumed)
-
-
-_run_dir_lock = folder_lock
-
-
-# Files every start writes (the record of the start, not results).
-_START_FILES = ("config.yaml", "manifest.json", "state.json", LOCK_FILE)
-
-
-class _StartRecord:
-    """A run folder as it was before a start wrote to it, to undo a start that computed nothing.
-
-    Every check that can be made before writing is made before writing; this covers what can only
-    fail later (an engine that does not start, a server that refuses the first request). When no
-    result file appeared or changed, the folder gets back exactly what it held: a new folder is
-    removed (so the corrected rerun is not refused), an existing one keeps its previous config,
-    manifest, state and lock file byte for byte.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir
-        self.existed = run_dir.is_dir()
-        self.saved = {
-            name: (run_dir / name).read_bytes() for name in _START_FILES if (run_dir / name).is_file()
-        }
-        self.results, self.folders = self._listing()
-
-    def _listing(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
-        files: dict[str, tuple[int, int]] = {}
-        folders: set[str] = set()
-        if not self.dir.is_dir():
-            return files, folders
-        for path in self.dir.rglob("*"):
-            rel = path.relative_to(self.dir).as_posix()
-            if path.is_dir():
-                folders.add(rel)
-            elif rel not in _START_FILES and not (path.name.startswith(".") and path.name.endswith(".tmp")):
-                st = path.stat()
-                files[rel] = (st.st_size, st.st_mtime_ns)
-        return files, folders
-
-    def computed_nothing(self) -> bool:
-        """Whether no result file appeared or changed since the record was taken."""
-        return self._listing()[0] == self.results
-
-    def undo(self, lock: HeldLock | None) -> None:
-        """Put the folder back as it was (call only when :meth:`computed_nothing`)."""
-        if not self.existed:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return
-        for name in _START_FILES:
-            path = self.dir / name
-            if name == LOCK_FILE and name in self.saved:
-                if lock is not None:
-                    lock.restore = True  # written back through the held descriptor
-            elif name in self.saved:
-                write_bytes_atomic(path, self.saved[name])
-            else:
-                path.unlink(missing_ok=True)
-        _, folders = self._listing()
-        for rel in sorted(folders - self.folders, key=len, reverse=True):
-            with contextlib.suppress(OSError):
-                (self.dir / rel).rmdir()  # only new, empty folders (a stage's output folder)
-
-
-def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
-    """Whether this start may use ``run_dir`` (the existing run's state, or None for a new run).
-
-    Reads only: a refused start leaves the folder as it was.
-    """
-    holder = lock_holder(run_dir)
-    if holder is not None:
-        raise busy_error(run_dir, holder)
-    return _check_run_dir_contents(config, run_dir, resume, force)
-
-
-def _check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
-    # Not lock_holder here: called under our own lock, whose file must not be opened and closed
-    # again (closing any descriptor of a file drops the process's POSIX locks on it).
-    state_path = run_dir / STATE_FILE
-    if state_path.exists():
-        if not resume:
-            raise ConfigError(
-                f"run folder {run_dir} already holds a run; pass --resume to continue it, "
-                "or choose another --run-dir"
-            )
-        state = RunState.load(state_path)
-        fingerprint = config.fingerprint()
-        if state.data.get("fingerprint") != fingerprint and not force:
-            raise ConfigError(
-                f"the config differs from the one {run_dir} was started with "
-                f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
-                f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
-            )
-        return state
-    if resume and run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
-    return None
-
-
-def _prepare_run_dir(
-    config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
-) -> RunState:
-    """Check the folder again (now under its lock), then record this start: config, manifest, state."""
-    state_path = run_dir / STATE_FILE
-    fingerprint = config.fingerprint()
-    state = _check_run_dir_contents(config, run_dir, resume, force)
-    if state is not None:
-        if state.data.get("fingerprint") != fingerprint:  # --force: recorded only now, as the run starts
-            state.data.setdefault("forced", []).append(
-                {"from": state.data.get("fingerprint"), "to": fingerprint}
-            )
-            state.data["fingerprint"] = fingerprint
-            state.data["finished"] = False
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = RunState.new(state_path, fingerprint)
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    _write_manifest(run_dir, config, command, resumed=resume and state_path.exists())
-    state.save()
-    return state
-
-
-def _load_task(config: RunConfig):
-    from selfimprove.tasks import get_task
-
-    t = config.task
-    if t.file is not None:
-        options: dict[str, Any] = {
-            "gold_field": t.gold_field,
-            "prompt_field": t.prompt_field,
-            "id_field": t.id_field,
-            "eval_fraction": t.eval_fraction,
-        }
-        if t.extractor is not None:
-            options["extractor"] = t.extractor
-        if t.extractor_options:
-            options["extractor_options"] = dict(t.extractor_options)
-        task = get_task(t.file, **options)
-    else:
-        instruction = (
-            t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
-        )
-        task = get_task(t.name, instruction=instruction)
-    system_prompt = t.system_prompt
-    if t.system_prompt_file is not None:
-        try:
-            system_prompt = Path(t.system_prompt_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"task.system_prompt_file: cannot read {t.system_prompt_file} ({exc})"
-            ) from None
-        if not system_prompt:
-            raise ConfigError(f"task.system_prompt_file: {t.system_prompt_file} is empty")
-    return SystemPromptTask(task, system_prompt) if system_prompt else task
-
-
-def _train_seed(config: RunConfig, r: int) -> int:
-    """Seed of round ``r``'s train prompts: fixed, or new prompts every round (``task.resample_each_round``)."""
-    return config.task.seed + (r if config.task.resample_each_round else 0)
-
-
-def _rendered(config: RunConfig, prompts: list[dict[str, Any]], skip: Set[str]) -> list[dict[str, Any]]:
-    """Prompt records as the run sends them: ``task.chat_template`` applied, skipped prompts left out."""
-    from selfimprove.generate.inputs import as_chat
-
-    out = [p for p in prompts if str(p["prompt_id"]) not in skip]
-    if config.task.chat_template:
-        out = [{**p, "prompt": as_chat(p["prompt"])} for p in out]
-    return out
-
-
-def _train_prompts(config: RunConfig, task, r: int, skip: Set[str] = frozenset()) -> list[dict[str, Any]]:
-    """The label-free split of round ``r``: prompt records only; the gold mapping is discarded right here.
-
-    ``skip``: prompt ids left out (too long for the model's context, ``task.long_prompts: skip``).
-    """
-    t = config.task
-    prompts, _gold_unused = task.make_split(
-        "train", n=t.train_size, seed=_train_seed(config, r), level=t.level
-    )
-    del _gold_unused  # the label-free path never holds gold
-    if not prompts:
-        raise InputError(f"task {getattr(task, 'name', '?')}: the train split is empty")
-    for rec in prompts:
-        check_record_no_gold(rec, f"train prompt {rec.get('prompt_id')!r}")
-    prompts = _rendered(config, prompts, skip)
-    if not prompts:
-        raise InputError(
-            f"task {getattr(task, 'name', '?')}: every train prompt of round {r} is longer than the model's "
-            "context (task.long_prompts: skip left none)"
-        )
-    return prompts
-
-
-def _eval_split(
-    config: RunConfig, task, skip: Set[str] = frozenset()
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The evaluation split (prompts, gold), with ``task.chat_template`` applied and ``skip`` left out."""
-    t = config.task
-    prompts, gold = task.make_split("eval", n=t.eval_size, seed=t.seed, level=t.level)
-    prompts = _rendered(config, prompts, skip)
-    return prompts, {pid: g for pid, g in gold.items() if pid not in skip}
-
-
-def _prompt_origin(task, split: str, rec: Mapping[str, Any]) -> str:
-    """Where a prompt comes from, for error messages: ``file:line`` of a user task, else its id."""
-    line = (getattr(task, "lines", None) or {}).get(rec["prompt_id"])
-    if line is not None:
-        return f"{task.path}:{line}"
-    return f"task {getattr(task, 'name', '?')}, {split} prompt {rec['prompt_id']!r}"
-
-
-def _check_inputs(config: RunConfig, task, model_path: str) -> tuple[set[str], list[str]]:
-    """Every prompt the run will send, checked with the model's tokenizer before anything is written.
-
-    Returns the ids of prompts left out as too long (``task.long_prompts: skip``) and warnings for
-    the user: plain text sent to a model with a chat template, an empty eval split, skipped prompts.
-    Raises InputError on an empty prompt, a too-long one (unless skipped) or an empty train split.
-    """
-    from selfimprove.generate.inputs import check_prompts, context_length, has_chat_template, load_tokenizer
-
-    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
-    if config.task.chat_template and not has_chat_template(tokenizer):
-        raise ConfigError(
-            f"task.chat_template: true, but the tokenizer of {model_path} has no chat template; "
-            "set task.chat_template: false (or null) to send plain-text prompts as they are"
-        )
-    g = config.generation
-    max_model_len = g.backend_options().get("max_model_len") if g.backend == "vllm" else None
-    context = context_length(model_path, max_model_len)
-    rounds = range(1, config.loop.rounds + 1) if config.task.resample_each_round else [1]
-    records: dict[str, tuple[str, dict[str, Any]]] = {}
-    for r in rounds:
-        for rec in _train_prompts(config, task, r):
-            records.setdefault(str(rec["prompt_id"]), ("train", rec))
-    eval_prompts, _gold = _eval_split(config, task)
-    for rec in eval_prompts:
-        records.setdefault(str(rec["prompt_id"]), ("eval", rec))
-    ids = list(records)
-    check = check_prompts(
-        tokenizer,
-        [records[pid][1]["prompt"] for pid in ids],
-        [_prompt_origin(task, split, rec) for split, rec in records.values()],
-        context=context,
-        skip_long=config.task.long_prompts == "skip",
-        skip_hint="task.long_prompts=skip",
-    )
-    skipped = {ids[i] for i in check.too_long}
-    warnings: list[str] = []
-    if skipped:
-        warnings.append(f"{check.summary()} (task.long_prompts: skip)")
-        for r in rounds:
-            _train_prompts(config, task, r, skipped)  # raises if a round has no prompt left
-    plain = any(isinstance(rec["prompt"], str) for _split, rec in records.values())
-    if plain and config.task.chat_template is None and has_chat_template(tokenizer):
-        warnings.append(
-            f"the prompts of task {getattr(task, 'name', '?')} are plain text, but the model has a chat "
-            "template: they are sent as raw text, which an instruct model may answer poorly; set "
-            "task.chat_template: true to render them with the template (false silences this warning)"
-        )
-    if not _eval_split(config, task, skipped)[0]:
-        warnings.append(f"{_empty_eval_reason(config, task)}: {EMPTY_EVAL_WARNING}")
-    return skipped, warnings
-
-
-EMPTY_EVAL_WARNING = (
-    "no accuracy can be measured (every eval metric stays '-') and the collapse guard has no "
-    "evaluation metrics to judge"
-)
-
-
-def _empty_eval_reason(config: RunConfig, task) -> str:
-    """Why the eval split is empty, for the warning."""
-    t = config.task
-    if t.file is None:
-        return "the eval split is empty"
-    n_gold = len(getattr(task, "gold", {}) or {})
-    if n_gold == 0:
-        return f"the eval split is empty: no row of {t.file} has a gold answer in {t.gold_field!r}"
-    return (
-        f"the eval split is empty: {n_gold} row(s) of {t.file} have a gold answer but none went to the "
-        f"eval split (task.eval_fraction {t.eval_fraction}, or their `split` fields)"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
-    if config.scoring.extractor is not None:
-        from selfimprove.score.extract import get_extractor
-
-        return get_extractor(config.scoring.extractor, **config.scoring.extractor_options)
-    return task.extract
-
-
-def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., list], float, bool]]:
-    """(name, reward function, weight, reads_gold) for every configured reward term."""
-    import inspect
-
-    from selfimprove.score.rewards import REWARDS, get_reward
-
-    ex_name, ex_options = _extractor_spec(config, task)
-    terms = []
-    for i, term in enumerate(config.scoring.rewards):
-        options = dict(term.options)
-        factory = REWARDS.get(term.name)
-        if factory is not None:
-            params = inspect.signature(factory).parameters
-            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-            # Rewards read answers the way the task does unless the config says otherwise.
-            if "extractor" not in options and ("extractor" in params or takes_any):
-                options["extractor"] = ex_name
-                if ex_options:
-                    options.setdefault("extractor_options", dict(ex_options))
-        supervised = reads_gold(REWARDS.get(term.name))
-        if supervised and "math" not in options:
-            # The supervised baseline rewards exactly what evaluation counts as correct (the
-            # task's checker), not math-verify's looser equality (it reads "23, 10, 45" as the
-            # set {10, 23, 45} and "ACB" as the product A*B*C, so it rewarded unsorted lists).
-            options["check"] = task.check
-        label = _reward_label(config, i)
-        try:
-            fn = get_reward(term.name, **options)
-        except ConfigError as exc:
-            raise ConfigError(f"scoring.rewards[{i}]: {exc}") from None
-        terms.append((label, fn, term.weight, supervised or reads_gold(fn)))
-    return terms
-
-
-def _reward_label(config: RunConfig, i: int) -> str:
-    """The key of reward term ``i`` in a scored record's ``rewards`` (its name; ``name_i`` when repeated)."""
-    name = config.scoring.rewards[i].name
-    return name if all(t.name != name for t in config.scoring.rewards[:i]) else f"{name}_{i}"
-
-
-def _gold_reward_labels(config: RunConfig) -> list[str]:
-    """The ``rewards`` keys of the terms that read gold (registered as supervised, or a marked user reward)."""
-    from selfimprove.score.extract import load_callable
-    from selfimprove.score.rewards import is_supervised_reward
-
-    out = []
-    for i, term in enumerate(config.scoring.rewards):
-        if is_supervised_reward(term.name) or (":" in term.name and reads_gold(load_callable(term.name))):
-            if not config.supervised:
-                # A user's reward ("module:function") marked with selfimprove.gold.supervised_reward.
-                raise ConfigError(
-                    f"scoring.rewards[{i}].name: {term.name!r} reads gold labels; a run that uses it must "
-                    "say `supervised: true` (it is a supervised baseline, not label-free)"
-                )
-            out.append(_reward_label(config, i))
-    return out
-
-
-def _extractor_spec(config: RunConfig, task) -> tuple[str, dict[str, Any]]:
-    """(extractor name, options): ``scoring.extractor`` if set, else the task's own."""
-    if config.scoring.extractor is not None:
-        return config.scoring.extractor, dict(config.scoring.extractor_options)
-    return task.extractor, dict(getattr(task, "extractor_options", None) or {})
-
-
-def _mark_train_subset(scored: list[dict[str, Any]], n_train: int | None, seed: int) -> None:
-    """Mark a seeded ``n_train`` subset of each prompt's samples ``in_train`` (vote on all, train on a few)."""
-    import random
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in scored:
-        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
-    for pid, recs in groups.items():
-        keep = set(range(len(recs)))
-        if n_train is not None and n_train < len(recs):
-            keep = set(random.Random(f"{seed}|{pid}").sample(range(len(recs)), n_train))
-        for j, rec in enumerate(sorted(recs, key=lambda x: x.get("sample_index", 0))):
-            rec["in_train"] = j in keep
-
-
-def _sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int, seed: int):
-    from selfimprove.generate.base import Sampling
-
-    g = config.generation
-    return Sampling(
-        n=n, temperature=temperature, top_p=g.top_p, max_tokens=max_tokens, stop=tuple(g.stop), seed=seed
-    )
-
-
-def _generator_options(config: RunConfig) -> dict[str, Any]:
-    options = config.generation.backend_options()
-    if config.generation.backend == "vllm":
-        need = config.training.lora.rank
-        options.setdefault("enable_lora", True)
-        options.setdefault("max_lora_rank", next((r for r in _VLLM_LORA_RANKS if r >= need), need))
-        options.setdefault("seed", config.loop.seed)
-    if config.model.trust_remote_code and config.generation.backend in ("vllm", "hf"):
-        options.setdefault("trust_remote_code", True)
-    return options
-
-
-def _train_args(config: RunConfig) -> dict[str, Any]:
-    tr = config.training
-    args: dict[str, Any] = {
-        "num_train_epochs": tr.epochs,
-        "per_device_train_batch_size": tr.batch_size,
-        "gradient_accumulation_steps": tr.gradient_accumulation_steps,
-    }
-    if tr.learning_rate is not None:
-        args["learning_rate"] = tr.learning_rate
-    if tr.max_steps is not None:
-        args["max_steps"] = tr.max_steps
-    if tr.max_length is not None:
-        args["max_length"] = tr.max_length
-    if tr.method == "grpo":
-        args["num_generations"] = config.generation.n_train or config.generation.n
-        args["max_completion_length"] = config.generation.max_tokens
-        args["temperature"] = config.generation.temperature
-        args.pop("max_length", None)
-    args.update(tr.trl)
-    return args
-
-
-def _split_trainer_options(trainer: Callable[..., Any], options: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Options the trainer function takes as keywords (e.g. DPO ``beta``) vs. TRL config fields."""
-    import inspect
-
-    params = inspect.signature(trainer).parameters
-    reserved = {
-        "model",
-        "rows",
-        "pairs",
-        "prompts",
-        "out_dir",
-        "adapter_init",
-        "lora",
-        "args",
-        "seed",
-        "reward_funcs",
-        "allow_gold_columns",
-    }
-    kwargs = {k: v for k, v in options.items() if k in params and k not in reserved}
-    args = {k: v for k, v in options.items() if k not in kwargs}
-    return kwargs, args
-
-
-def _lora(config: RunConfig):
-    from selfimprove.train.common import LoraSettings
-
-    lo = config.training.lora
-    targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
-    alpha = int(lo.alpha) if float(lo.alpha).is_integer() else lo.alpha
-    return LoraSettings(r=lo.rank, alpha=alpha, dropout=lo.dropout, target_modules=targets)
-
-
-def _fmt(v: Any, width: int = 7) -> str:
-    if v is None:
-        return "-".rjust(width)
-    if isinstance(v, float):
-        return f"{v:.3f}".rjust(width)
-    return str(v).rjust(width)
-
-
-def round_table(history: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> str:
-    """The per-round table printed to the terminal (and put in the report)."""
-    kmax = max(ks)
-    cols = [
-        ("round", "round"),
-        ("pass@1", "eval/pass@1"),
-        (f"maj@{kmax}", f"eval/maj@{kmax}"),
-        (f"pass@{kmax}", f"eval/pass@{kmax}"),
-        ("maj.ratio", "eval/majority_ratio"),
-        ("entropy", "eval/answer_entropy"),
-        ("length", "eval/mean_length"),
-        ("lbl.acc", "train/label_accuracy"),
-        ("rows", "data/rows"),
-        ("loss", "train/loss"),
-        ("note", "note"),
-    ]
-    widths = [max(7, len(c[0])) for c in cols]
-    lines = ["  ".join(c[0].rjust(w) for c, w in zip(cols, widths, strict=True))]
-    for m in history:
-        cells = []
-        for (_title, key), w in zip(cols, widths, strict=True):
-            v = m.get(key)
-            if key == "note":
-                cells.append(str(v or ""))
-            elif key == "eval/mean_length" and isinstance(v, float):
-                cells.append(f"{v:.1f}".rjust(w))
-            else:
-                cells.append(_fmt(v, w))
-        lines.append("  ".join(cells).rstrip())
-    base = next((m.get("eval/constant_baseline") for m in history if "eval/constant_baseline" in m), None)
-    if isinstance(base, float):
-        lines.append(
-            f"(always giving the eval split's most common answer scores {_fmt(base, 0).strip()}: "
-            "pass@1 near it means the model ignores the question)"
-        )
-    if history:
-        lines += [f"(warning: {w})" for w in round_warnings(history[-1])]
-    return "\n".join(lines)
-
-
-# A round warns when at least this share of its eval samples (or of its votes) hit max_tokens.
-TRUNCATION_WARN_SHARE = 0.2
-
-
-def round_warnings(metrics: Mapping[str, Any]) -> list[str]:
-    """What a user must know about one round's numbers (printed under the round table, in the report)."""
-    r = metrics.get("round")
-    out = []
-    if metrics.get("eval/prompts") == 0:
-        out.append(f"the eval split is empty: {EMPTY_EVAL_WARNING}")
-    cut = metrics.get("eval/truncated_no_answer_rate")
-    if isinstance(cut, float) and cut >= TRUNCATION_WARN_SHARE:
-        out.append(
-            f"{cut:.0%} of round {r}'s eval samples stopped at the token limit before giving an answer: "
-            "raise generation.max_tokens / evaluation.max_tokens"
-        )
-    votes = metrics.get("train/truncated_vote_share")
-    if isinstance(votes, float) and votes >= TRUNCATION_WARN_SHARE:
-        out.append(
-            f"{votes:.0%} of round {r}'s votes came from samples cut at the token limit (their answers "
-            "were read from unfinished completions): raise generation.max_tokens, or set "
-            "scoring.vote_truncated: false to leave them out of the vote"
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,9 +99,9 @@ class _Run:
         self.progress = progress
         self.log = log
         self.model_path = resolve_model(config.model.path, progress=progress)
-        self.task = _load_task(config)
-        self.gold_rewards = _gold_reward_labels(config)
-        self.skip, self.warnings = _check_inputs(config, self.task, self.model_path)
+        self.task = load_task(config)
+        self.gold_rewards = gold_reward_labels(config)
+        self.skip, self.warnings = check_inputs(config, self.task, self.model_path)
         self._generator = generator
         # A generator handed in by the caller is the caller's to close.
         self._owns_generator = generator is None
@@ -672,7 +117,7 @@ class _Run:
 
             self.log(f"starting the {self.cfg.generation.backend} generator on {self.model_path}")
             self._generator = build_generator(
-                self.cfg.generation.backend, self.model_path, **_generator_options(self.cfg)
+                self.cfg.generation.backend, self.model_path, **generator_options(self.cfg)
             )
         return self._generator
 
@@ -733,17 +178,13 @@ class _Run:
 
     def _train_gold(self, r: int) -> dict[str, str]:
         """Gold of round ``r``'s train split: only for evaluation diagnostics and SUPERVISED baselines."""
-        t = self.cfg.task
-        _prompts, gold = self.task.make_split(
-            "train", n=t.train_size, seed=_train_seed(self.cfg, r), level=t.level
-        )
-        return gold
+        return train_gold(self.cfg, self.task, r)
 
     # -- stages -----------------------------------------------------------------------------
     def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         g = self.cfg.generation
-        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
-        sampling = _sampling(
+        prompts = train_prompts(self.cfg, self.task, r, self.skip)
+        sampling = make_sampling(
             self.cfg,
             n=g.n,
             temperature=g.temperature,
@@ -754,64 +195,17 @@ class _Run:
         return {"tokens": sum(int(x.get("completion_tokens") or 0) for x in recs), "rollouts": len(recs)}
 
     def stage_score(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
-        from selfimprove.score.diagnostics import score_rollouts
-
         rollouts = read_jsonl(rdir / "rollouts.jsonl")
-        terms = _build_rewards(self.cfg, self.task)
-        label_free = {name: (fn, w) for name, fn, w, gold in terms if not gold}
-        supervised = [(name, fn, w) for name, fn, w, gold in terms if gold]
         paraphrase_labels = (
             self._paraphrase_labels(r, rdir, adapter) if self.cfg.scoring.paraphrase.enabled else None
         )
-        if paraphrase_labels is not None:
-            # Per-prompt columns travel in ``meta``: score_rollouts hands meta fields to the rewards.
-            rollouts = [
-                {
-                    **x,
-                    "meta": {
-                        **(x.get("meta") or {}),
-                        "paraphrase_label": paraphrase_labels.get(str(x["prompt_id"])),
-                    },
-                }
-                for x in rollouts
-            ]
-        judge_scores = None
-        if self.cfg.scoring.judge is not None:
-            judge_scores, judge_report = self._judge(rollouts, adapter, r)
-            # Read back by compute_metrics (judge/failure_rate, judge/position_consistency, ...).
-            write_json_atomic(rdir / "judge_report.json", judge_report)
-        ex_name, ex_options = _extractor_spec(self.cfg, self.task)
-        scored = score_rollouts(
-            rollouts,
-            ex_name,
-            # The default (majority-vote agreement) only when no reward is configured at all: a
-            # SUPERVISED run with only gold terms is rewarded by them alone, not vote + gold.
-            label_free if terms else None,
-            extractor_options=ex_options,
-            min_share=self.cfg.scoring.min_majority_ratio,
-            judge_scores=judge_scores,
-            vote_truncated=self.cfg.scoring.vote_truncated,
+        judge = (lambda recs: self._judge(recs, adapter, r)) if self.cfg.scoring.judge is not None else None
+        scored, judge_report = score_round(
+            self.cfg, self.task, r, rollouts, paraphrase_labels=paraphrase_labels, judge=judge
         )
-        if judge_scores is not None:
-            w = self.cfg.scoring.judge.weight
-            for rec in scored:
-                js = rec.get("judge_score")
-                rec["rewards"]["judge"] = js
-                if js is not None:
-                    rec["reward"] = (rec["reward"] or 0.0) + w * js
-        if supervised:
-            # SUPERVISED baseline only (`supervised: true` was required to get here): the gold
-            # column reaches the verifier reward and nothing else.
-            gold = self._train_gold(r)
-            column = [gold.get(str(x["prompt_id"])) for x in scored]
-            completions = [x["completion"] for x in scored]
-            for name, fn, w in supervised:
-                values = fn(completions, answer=column, prompt_id=[x["prompt_id"] for x in scored])
-                for rec, v in zip(scored, values, strict=True):
-                    rec["rewards"][name] = v
-                    if v is not None:
-                        rec["reward"] = (rec["reward"] or 0.0) + w * float(v)
-        _mark_train_subset(scored, self.cfg.generation.n_train, seed=self.cfg.loop.seed + r)
+        if judge_report is not None:
+            # Read back by round_metrics (judge/failure_rate, judge/position_consistency, ...).
+            write_json_atomic(rdir / "judge_report.json", judge_report)
         write_jsonl_atomic(rdir / "scores.jsonl", scored)
         return {"scored": len(scored)}
 
@@ -861,12 +255,12 @@ class _Run:
             gen = build_generator(self.cfg.generation.backend, pc.model)
             return gen, gen.close
 
-        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
+        prompts = train_prompts(self.cfg, self.task, r, self.skip)
         para_prompts = paraphrased_prompts(
             prompts, self.dir / "paraphrases.jsonl", writer, template=pc.template, log=self.log
         )
         g = self.cfg.generation
-        sampling = _sampling(
+        sampling = make_sampling(
             self.cfg,
             n=pc.n or g.n,
             temperature=g.temperature,
@@ -876,26 +270,11 @@ class _Run:
         if not para_prompts:
             return {}
         recs = self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
-        return voted_labels(recs, _extractor(self.cfg, self.task))
+        return voted_labels(recs, task_extractor(self.cfg, self.task))
 
     def stage_build(self, r: int, rdir: Path) -> dict[str, Any]:
-        from selfimprove.data import build
-
         scored = [s for s in read_jsonl(rdir / "scores.jsonl") if s.get("in_train", True)]
-        method = self.cfg.training.method
-        if method == "sft":
-            options = dict(self.cfg.data.sft)
-            if options.get("select") == "verifier" and "verifier_key" not in options and self.gold_rewards:
-                # A supervised run's verifier is its gold reward: found under its own name.
-                options["verifier_key"] = self.gold_rewards[0]
-            rows, stats = build.build_sft_rows(scored, **options)
-        elif method == "dpo":
-            rows, stats = build.build_dpo_pairs(scored, **self.cfg.data.dpo)
-        else:
-            rows, stats = build.build_grpo_prompts(scored, **self.cfg.data.grpo)
-        if not self.cfg.supervised:
-            for i, row in enumerate(rows):
-                check_no_gold(row.keys(), f"training row {i} of round {r}")
+        rows, stats = build_round_data(self.cfg, scored, r, gold_rewards=self.gold_rewards)
         write_jsonl_atomic(rdir / "train_data.jsonl", rows)
         write_json_atomic(rdir / "build_stats.json", stats.to_dict())
         info = {"rows": len(rows), "build": stats.summary()}
@@ -910,7 +289,7 @@ class _Run:
         if tmp.exists():
             shutil.rmtree(tmp)  # a half-trained adapter from a killed run: train again
         init = self._abs(adapter) if self.cfg.training.init == "continue" else None
-        common = {"adapter_init": init, "lora": _lora(self.cfg), "seed": self.cfg.loop.seed + r}
+        common = {"adapter_init": init, "lora": lora_settings(self.cfg), "seed": self.cfg.loop.seed + r}
         method = self.cfg.training.method
         if method == "sft":
             from selfimprove.train.sft import train_sft as trainer
@@ -918,11 +297,11 @@ class _Run:
             from selfimprove.train.dpo import train_dpo as trainer
         else:
             from selfimprove.train.grpo import train_grpo as trainer
-        kwargs, args = _split_trainer_options(trainer, _train_args(self.cfg))
+        kwargs, args = split_trainer_options(trainer, train_args(self.cfg))
         if not self.progress:
             args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
         if method == "grpo":
-            terms = _build_rewards(self.cfg, self.task)
+            terms = build_rewards(self.cfg, self.task)
             uses_gold = any(gold for *_x, gold in terms)
             if uses_gold and not self.cfg.supervised:
                 raise ConfigError("a gold-reading reward needs `supervised: true`")
@@ -952,8 +331,8 @@ class _Run:
 
     def stage_evaluate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         ev = self.cfg.evaluation
-        prompts, gold = _eval_split(self.cfg, self.task, self.skip)
-        sampling = _sampling(
+        prompts, gold = eval_split(self.cfg, self.task, self.skip)
+        sampling = make_sampling(
             self.cfg,
             n=ev.n,
             temperature=ev.temperature,
@@ -965,71 +344,6 @@ class _Run:
             "eval_rollouts": len(recs),
             "tokens_eval": sum(int(x.get("completion_tokens") or 0) for x in recs),
         }
-
-    def compute_metrics(self, r: int, rdir: Path) -> dict[str, Any]:
-        """Every metric of round ``r`` from the files of its folder (gold read here only)."""
-        from selfimprove.eval import eval_metrics, label_accuracy, reward_accuracy
-        from selfimprove.score.diagnostics import group_diagnostics, truncated_vote_share
-
-        rs = self.state.round(r)
-        m: dict[str, Any] = {"round": r}
-        extract = _extractor(self.cfg, self.task)
-        # The size of the eval split: 0 means every eval metric is missing (round_table warns).
-        m["eval/prompts"] = len(_eval_split(self.cfg, self.task, self.skip)[0])
-        ev_recs = read_jsonl(rdir / "eval" / "rollouts.jsonl")
-        _prompts, gold = _eval_split(self.cfg, self.task, self.skip)
-        acc = eval_metrics(ev_recs, gold, extract, self.task.check, ks=self.cfg.evaluation.k)
-        m.update({f"eval/{k}": v for k, v in acc.items()})
-        scores_path = rdir / "scores.jsonl"
-        if scores_path.exists():
-            scored = read_jsonl(scores_path)
-            groups = group_by_prompt(scored)
-            answers = {pid: [x.get("extracted") for x in recs] for pid, recs in groups.items()}
-            m.update({f"train/{k}": v for k, v in group_diagnostics(groups, answers).items()})
-            rewards = [x["reward"] for x in scored if x.get("reward") is not None]
-            if rewards:
-                mean = sum(rewards) / len(rewards)
-                m["train/reward_mean"] = mean
-                m["train/reward_std"] = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards))
-            m["train/abstain_rate"] = sum(
-                recs[0].get("pseudo_label") is None for recs in groups.values()
-            ) / max(1, len(groups))
-            m["train/truncated_vote_share"] = truncated_vote_share(scored)
-            # Diagnostics of the pseudo-labels against gold: evaluation only, computed after the
-            # round's data was built and trained on, never fed back.
-            train_gold = {pid: g for pid, g in self._train_gold(r).items() if g is not None}
-            pseudo = {pid: recs[0].get("pseudo_label") for pid, recs in groups.items()}
-            accuracy = {
-                "train/label_accuracy": label_accuracy(pseudo, train_gold, self.task.check),
-                "train/reward_accuracy": reward_accuracy(
-                    ((str(x["prompt_id"]), x.get("reward"), x.get("extracted")) for x in scored),
-                    train_gold,
-                    self.task.check,
-                ),
-            }
-            m.update({k: v for k, v in accuracy.items() if v is not None})
-        judge_path = rdir / "judge_report.json"
-        if judge_path.exists():
-            # The judge's own counts: parse-failure rate, position consistency (pairwise), ...
-            for key, value in read_json(judge_path).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    m[f"judge/{key}"] = value
-        if "rows" in rs:
-            m["data/rows"] = rs["rows"]
-        for key, name in (
-            ("train_loss", "train/loss"),
-            ("train_steps", "train/steps"),
-            ("train_tokens", "train/tokens"),
-            ("tokens", "generate/tokens"),
-            ("tokens_eval", "evaluate/tokens"),
-        ):
-            if rs.get(key) is not None:
-                m[name] = rs[key]
-        for stage, secs in rs.get("seconds", {}).items():
-            m[f"time/{stage}"] = secs
-        if rs.get("skipped_training"):
-            m["note"] = "no data: training skipped"
-        return m
 
     # -- loop -------------------------------------------------------------------------------
     def _stage(self, r: int, stage: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -1043,7 +357,7 @@ class _Run:
 
     def _finish_round(self, r: int, rdir: Path) -> dict[str, Any]:
         def metrics() -> dict[str, Any]:
-            m = self.compute_metrics(r, rdir)
+            m = round_metrics(self.cfg, self.task, r, rdir, self.state.round(r), self.skip)
             write_json_atomic(rdir / "metrics.json", m)
             return {}
 
@@ -1226,7 +540,7 @@ def run(
     # Every check before the run folder is touched: the folder (reads only), the model, the task
     # and its data files, every prompt against the model's tokenizer (the config and its options
     # were checked when it loaded). A start refused here leaves the folder as it was, or absent.
-    _check_run_dir(config, out, resume, force)
+    check_run_dir(config, out, resume, force)
     runner = _Run(config, out, progress, logger, generator=generator)
     if generator is not None:
         given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
@@ -1234,9 +548,9 @@ def run(
             raise ConfigError(f"the generator serves {given}, but model.path resolves to {runner.model_path}")
     for warning in runner.warnings:
         logger(f"WARNING: {warning}")
-    record = _StartRecord(out)
-    with _run_dir_lock(out) as lock:
-        runner.state = _prepare_run_dir(config, out, resume, force, command)
+    record = StartRecord(out)
+    with folder_lock(out) as lock:
+        runner.state = prepare_run_dir(config, out, resume, force, command)
         try:
             try:
                 return runner.run_loop()

@@ -631,7 +631,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _remove_stale_temps(target: Path) -> None:
+def remove_stale_temps(target: Path) -> None:
     """Delete temporary build folders of ``target`` left by killed builds (their process is gone)."""
     prefix = temp_dir_prefix(target)
     for tmp in target.parent.glob(f"{prefix}*"):
@@ -684,7 +684,7 @@ def build_base_model(
             f"(build key {info.get('build_key')} != {key}); pass --force to replace it"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
+    remove_stale_temps(target)
     with atomic_dir(target) as tmp:
         info = _build_into(tmp, s, progress)
         write_json_atomic(tmp / INFO_FILE, info)
