@@ -5,7 +5,7 @@ Components receive plain arguments built here; they never read the config object
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from selfimprove.errors import ConfigError
@@ -177,3 +177,28 @@ def lora_settings(config: RunConfig):
     targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
     alpha = int(lo.alpha) if float(lo.alpha).is_integer() else lo.alpha
     return LoraSettings(r=lo.rank, alpha=alpha, dropout=lo.dropout, target_modules=targets)
+
+
+def user_reward_terms(
+    config: RunConfig, rewards: Sequence[Callable[..., Any] | tuple[Callable[..., Any], float]]
+) -> list[tuple[str, Callable[..., list], float, bool]]:
+    """(name, reward function, weight, reads_gold) for reward functions given from Python.
+
+    Each item is a function in TRL's call shape (``f(completions, **columns) -> list[float | None]``)
+    or ``(function, weight)``. A function marked with :func:`selfimprove.gold.supervised_reward`
+    needs ``supervised: true``.
+    """
+    terms = []
+    for i, item in enumerate(rewards):
+        fn, weight = item if isinstance(item, tuple) else (item, 1.0)
+        if not callable(fn):
+            raise ConfigError(f"rewards[{i}]: not a function ({type(fn).__name__})")
+        gold = reads_gold(fn)
+        if gold and not config.supervised:
+            raise ConfigError(
+                f"rewards[{i}]: {getattr(fn, '__name__', 'reward')!r} reads gold labels; the run must say "
+                "`supervised: true` (it is a supervised baseline, not label-free)"
+            )
+        name = getattr(fn, "__name__", f"reward_{i}")
+        terms.append((name if all(t[0] != name for t in terms) else f"{name}_{i}", fn, float(weight), gold))
+    return terms

@@ -725,9 +725,16 @@ def validate_config(
     return validate(RunConfig, data, file=file, lines=lines, overrides=overrides, check=check)
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = (), *, cross_check: bool = True) -> RunConfig:
-    """Read, merge overrides into, and validate a YAML run config; errors name file:line and key."""
-    return load(path, RunConfig, overrides, check=_cross_check if cross_check else None)
+def load_config(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, cross_check: bool = True
+) -> RunConfig:
+    """Read (a YAML file) or take (a dict), merge overrides into, and validate a run config.
+
+    Errors name the key (and, for a file, its file:line).
+    """
+    if isinstance(source, Mapping):
+        return validate_config(source, overrides=overrides, cross_check=cross_check)
+    return load(source, RunConfig, overrides, check=_cross_check if cross_check else None)
 
 
 def dump_config(cfg: RunConfig) -> str:

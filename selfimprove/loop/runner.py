@@ -41,6 +41,7 @@ from selfimprove.loop.components import (
     split_trainer_options,
     task_extractor,
     train_args,
+    user_reward_terms,
 )
 from selfimprove.loop.config import RunConfig
 from selfimprove.loop.folder import (
@@ -91,6 +92,8 @@ class _Run:
         progress: bool,
         log: Callable[[str], None],
         generator: Any = None,
+        task: Any = None,
+        rewards: Sequence[Any] | None = None,
     ):
         """Resolve the model, load the task and check every prompt; nothing is written yet."""
         self.cfg = config
@@ -99,8 +102,13 @@ class _Run:
         self.progress = progress
         self.log = log
         self.model_path = resolve_model(config.model.path, progress=progress)
-        self.task = load_task(config)
-        self.gold_rewards = gold_reward_labels(config)
+        self.task = task if task is not None else load_task(config)
+        self.user_terms = user_reward_terms(config, rewards) if rewards is not None else None
+        self.gold_rewards = (
+            gold_reward_labels(config)
+            if self.user_terms is None
+            else [name for name, _fn, _w, gold in self.user_terms if gold]
+        )
         self.skip, self.warnings = check_inputs(config, self.task, self.model_path)
         self._generator = generator
         # A generator handed in by the caller is the caller's to close.
@@ -180,6 +188,10 @@ class _Run:
         """Gold of round ``r``'s train split: only for evaluation diagnostics and SUPERVISED baselines."""
         return train_gold(self.cfg, self.task, r)
 
+    def reward_terms(self) -> list[tuple[str, Callable[..., list], float, bool]]:
+        """(name, function, weight, reads_gold): the functions given to run(), else the config's rewards."""
+        return self.user_terms if self.user_terms is not None else build_rewards(self.cfg, self.task)
+
     # -- stages -----------------------------------------------------------------------------
     def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         g = self.cfg.generation
@@ -201,7 +213,13 @@ class _Run:
         )
         judge = (lambda recs: self._judge(recs, adapter, r)) if self.cfg.scoring.judge is not None else None
         scored, judge_report = score_round(
-            self.cfg, self.task, r, rollouts, paraphrase_labels=paraphrase_labels, judge=judge
+            self.cfg,
+            self.task,
+            r,
+            rollouts,
+            paraphrase_labels=paraphrase_labels,
+            judge=judge,
+            terms=self.reward_terms(),
         )
         if judge_report is not None:
             # Read back by round_metrics (judge/failure_rate, judge/position_consistency, ...).
@@ -301,7 +319,7 @@ class _Run:
         if not self.progress:
             args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
         if method == "grpo":
-            terms = build_rewards(self.cfg, self.task)
+            terms = self.reward_terms()
             uses_gold = any(gold for *_x, gold in terms)
             if uses_gold and not self.cfg.supervised:
                 raise ConfigError("a gold-reading reward needs `supervised: true`")
@@ -525,15 +543,26 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     generator: Any = None,
+    task: Any = None,
+    rewards: Sequence[Callable[..., Any] | tuple[Callable[..., Any], float]] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the rounds of ``config`` in ``run_dir``; return the run summary.
 
+    ``config``: a :class:`RunConfig` or a plain dict of the same keys (``load_config`` checks it).
     ``generator``: an already running engine on the same base model (e.g. a ``VLLMGenerator`` with
     LoRA enabled) to use instead of building one; the caller keeps ownership and closes it.
+    ``task``: a :class:`selfimprove.tasks.Task` object to use instead of the config's ``task``
+    section (its ``make_split``, ``extract`` and ``check``). ``rewards``: reward functions in TRL's
+    call shape (or ``(function, weight)`` pairs) to use instead of ``scoring.rewards``. Neither is
+    part of the config's hash: a resume with other ones is not detected.
     """
+    if isinstance(config, Mapping):
+        from selfimprove.loop.config import load_config
+
+        config = load_config(config)
     if not isinstance(config, RunConfig):
         raise ConfigError(
-            f"run() takes a RunConfig (see selfimprove.loop.config.load_config), got {type(config).__name__}"
+            f"run() takes a RunConfig or a dict (see selfimprove.load_config), got {type(config).__name__}"
         )
     out = resolve_run_dir(config, run_dir)
     logger = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -541,7 +570,7 @@ def run(
     # and its data files, every prompt against the model's tokenizer (the config and its options
     # were checked when it loaded). A start refused here leaves the folder as it was, or absent.
     check_run_dir(config, out, resume, force)
-    runner = _Run(config, out, progress, logger, generator=generator)
+    runner = _Run(config, out, progress, logger, generator=generator, task=task, rewards=rewards)
     if generator is not None:
         given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
         if given != Path(runner.model_path).resolve():

@@ -27,16 +27,18 @@ def score_round(
     *,
     paraphrase_labels: Mapping[str, str | None] | None = None,
     judge: RolloutJudge | None = None,
+    terms: Sequence[tuple[str, Callable[..., list], float, bool]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Scored records of round ``r``'s rollouts and the judge's report (None without a judge).
 
     ``paraphrase_labels`` (Co-Reward: prompt id -> the vote on its paraphrase) reach the rewards as
     the ``paraphrase_label`` meta column. No gold reaches a label-free term; gold terms (a
     SUPERVISED run) are computed after the label-free scoring, from the train split's gold.
+    ``terms``: (name, function, weight, reads_gold) instead of the config's ``scoring.rewards``.
     """
     from selfimprove.score.diagnostics import score_rollouts
 
-    terms = build_rewards(config, task)
+    terms = build_rewards(config, task) if terms is None else list(terms)
     label_free = {name: (fn, w) for name, fn, w, gold in terms if not gold}
     supervised = [(name, fn, w) for name, fn, w, gold in terms if gold]
     if paraphrase_labels is not None:
