@@ -3,12 +3,15 @@
 What a script needs, importable from here (each name is loaded on first use, so ``import
 selfimprove`` stays light)::
 
-    from selfimprove import load_config, run, evaluate, build_generator, Sampling, get_task
+    from selfimprove import Sampling, build_generator, evaluate, get_task, load_config, run
 
-    config = load_config("configs/demo.yaml")          # or a dict with the same keys
-    summary = run(config, "runs/demo")                 # the self-training rounds
-    gen = build_generator("hf", summary["final_adapter"] and config.model.path)
-    metrics = evaluate(gen, get_task("string_ops"), Sampling(n=8), adapter=summary["final_adapter"])
+    config = load_config("configs/demo.yaml")  # or a dict with the same keys
+    summary = run(config, "runs/demo")  # the self-training rounds; summary["history"] per round
+    generator = build_generator("hf", "path/to/model")  # any local HF model folder
+    metrics = evaluate(generator, get_task("string_ops"), Sampling(n=8), adapter=summary["final_adapter"])
+
+``run`` also takes a Task object (``task=``) and reward functions written in Python
+(``rewards=``); scripts/ holds runnable examples.
 """
 
 from __future__ import annotations

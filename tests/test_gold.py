@@ -168,3 +168,13 @@ def test_the_runner_refuses_train_prompts_with_a_gold_field(tmp_path, name, in_m
     with pytest.raises(LabelLeakError, match=f"train prompt 'p0'.*{name}"):
         train_prompts(cfg, LeakyTask(name, in_meta), 1)
     assert train_prompts(cfg, LeakyTask("question_text", in_meta), 1)[0]["prompt_id"] == "p0"
+
+
+def test_run_with_a_task_object_refuses_gold_before_writing(tmp_path, tiny_model_dir):
+    """run(task=...) takes a Task object; its train prompts are checked for gold before the folder exists."""
+    from selfimprove import load_config, run
+
+    cfg = load_config({"name": "t", "model": {"path": str(tiny_model_dir)}, "generation": {"backend": "hf"}})
+    with pytest.raises(LabelLeakError, match="train prompt 'p0'.*Gold"):
+        run(cfg, tmp_path / "run", task=LeakyTask("Gold", in_meta=True), progress=False, log=lambda m: None)
+    assert not (tmp_path / "run").exists()

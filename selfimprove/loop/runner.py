@@ -36,11 +36,8 @@ from selfimprove.loop.components import (
     build_rewards,
     generator_options,
     gold_reward_labels,
-    lora_settings,
     make_sampling,
-    split_trainer_options,
     task_extractor,
-    train_args,
     user_reward_terms,
 )
 from selfimprove.loop.config import RunConfig
@@ -53,10 +50,10 @@ from selfimprove.loop.folder import (
     resolve_run_dir,
     round_dir,
 )
-from selfimprove.loop.guard import best_round, check_collapse, guard_settings
+from selfimprove.loop.history import apply_guard, round_history, run_summary
 from selfimprove.loop.inputs import check_inputs, eval_split, load_task, train_gold, train_prompts
 from selfimprove.loop.round_metrics import round_metrics
-from selfimprove.loop.scoring import build_round_data, score_round
+from selfimprove.loop.scoring import build_round_data, score_round, train_round
 from selfimprove.loop.table import round_table, round_warnings
 from selfimprove.models.loading import resolve_model
 from selfimprove.runs.folder import folder_lock
@@ -307,30 +304,19 @@ class _Run:
         if tmp.exists():
             shutil.rmtree(tmp)  # a half-trained adapter from a killed run: train again
         init = self._abs(adapter) if self.cfg.training.init == "continue" else None
-        common = {"adapter_init": init, "lora": lora_settings(self.cfg), "seed": self.cfg.loop.seed + r}
-        method = self.cfg.training.method
-        if method == "sft":
-            from selfimprove.train.sft import train_sft as trainer
-        elif method == "dpo":
-            from selfimprove.train.dpo import train_dpo as trainer
-        else:
-            from selfimprove.train.grpo import train_grpo as trainer
-        kwargs, args = split_trainer_options(trainer, train_args(self.cfg))
-        if not self.progress:
-            args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
-        if method == "grpo":
-            terms = self.reward_terms()
-            uses_gold = any(gold for *_x, gold in terms)
-            if uses_gold and not self.cfg.supervised:
-                raise ConfigError("a gold-reading reward needs `supervised: true`")
-            if uses_gold:
-                # SUPERVISED baseline: the verifier reward reads the gold column during training.
-                gold = self._train_gold(r)
-                rows = [{**row, "answer": gold.get(str(row["prompt_id"]))} for row in rows]
-                kwargs["allow_gold_columns"] = True
-            kwargs["reward_funcs"] = [fn for _n, fn, _w, _g in terms]
-            args.setdefault("reward_weights", [w for _n, _f, w, _g in terms])
-        result = trainer(self.model_path, rows, out_dir=tmp, args=args, **common, **kwargs)
+        terms = self.reward_terms() if self.cfg.training.method == "grpo" else ()
+        gold = self._train_gold(r) if any(g for *_x, g in terms) else None
+        result = train_round(
+            self.cfg,
+            self.model_path,
+            rows,
+            tmp,
+            r,
+            adapter_init=init,
+            terms=terms,
+            gold=gold,
+            progress=self.progress,
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -386,16 +372,17 @@ class _Run:
 
     def history(self) -> list[dict[str, Any]]:
         """Metrics of every finished round, in round order."""
-        out = []
-        for r in sorted(int(k) for k in self.state.data["rounds"]):
-            p = round_dir(self.dir, r) / "metrics.json"
-            if p.exists() and self.state.done(r, "metrics"):
-                m = read_json(p)
-                guard = next((g for g in self.state.data["guard"] if g["round"] == r), None)
-                if guard and guard["collapsed"]:
-                    m["note"] = (m.get("note", "") + " collapse").strip()
-                out.append(m)
-        return out
+        return round_history(self.dir, self.state)
+
+    def _guard(self, r: int, m: Mapping[str, Any]) -> str | None:
+        """Apply the collapse guard to round ``r``; return "stop", "rollback" or None."""
+        return apply_guard(self.cfg.loop.guard, self.state, r, m, self.history, self.log)
+
+    def summarize(self) -> dict[str, Any]:
+        """Mark the run finished and write summary.json (best round, adapters, guard events, history)."""
+        summary = run_summary(self.cfg, self.state, self.history(), self._abs, self.warnings, self.skip)
+        write_json_atomic(self.dir / "summary.json", summary)
+        return summary
 
     def _write_history(self) -> None:
         hist = self.history()
@@ -412,30 +399,6 @@ class _Run:
                 if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     tb.add_scalar(key, value, last["round"])
             tb.flush()
-
-    def _guard(self, r: int, m: Mapping[str, Any]) -> str | None:
-        """Apply the collapse guard to round ``r``; return "stop", "rollback" or None."""
-        gcfg = self.cfg.loop.guard
-        if not gcfg.enabled or r == 0:
-            return None
-        if any(g["round"] == r for g in self.state.data["guard"]):
-            decision = next(g for g in self.state.data["guard"] if g["round"] == r)
-        else:
-            hist = self.history()
-            ref = next((h for h in hist if h["round"] == 0), hist[0] if hist else None)
-            if ref is None or ref["round"] == r:
-                return None
-            decision = check_collapse(ref, m, round=r, **guard_settings(gcfg)).to_dict()
-            self.state.data["guard"].append(decision)
-            self.state.save()
-        if not decision["collapsed"]:
-            return None
-        self.log(f"round {r}: collapse guard: " + "; ".join(decision["reasons"]))
-        if gcfg.action == "warn":
-            return None
-        if gcfg.action == "rollback" and self.state.data.get("rollbacks", 0) < gcfg.max_rollbacks:
-            return "rollback"
-        return "stop"
 
     def run_loop(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -501,36 +464,6 @@ class _Run:
             if prev not in collapsed and self.state.done(prev, "metrics"):
                 return self.state.round(prev).get("adapter")
         return None
-
-    def summarize(self) -> dict[str, Any]:
-        hist = self.history()
-        collapsed = [g["round"] for g in self.state.data["guard"] if g["collapsed"]]
-        best, score = best_round(hist, collapsed)
-        best_adapter = None
-        if best is not None and best > 0:
-            best_adapter = self._abs(self.state.round(best).get("adapter"))
-        self.state.data["finished"] = True
-        self.state.save()
-        summary = {
-            "completed": True,  # written only when the loop has ended (all rounds, or stopped)
-            "name": self.cfg.name,
-            "supervised": self.cfg.supervised,
-            "rounds_completed": max((h["round"] for h in hist), default=0),
-            "stopped": self.state.data.get("stopped"),
-            "best_round": best,
-            "best_round_score": score,
-            "best_round_rule": "highest mean majority ratio on eval prompts among rounds the guard did not flag (no gold)",
-            "best_adapter": best_adapter,
-            "final_adapter": self._abs(self.state.data.get("adapter")),
-            "collapsed_rounds": collapsed,
-            "guard": self.state.data["guard"],
-            # What the start's checks found: warnings, and prompts left out as too long.
-            "warnings": list(self.warnings),
-            "skipped_prompts": sorted(self.skip),
-            "history": hist,
-        }
-        write_json_atomic(self.dir / "summary.json", summary)
-        return summary
 
 
 def run(

@@ -1,17 +1,27 @@
-"""The score and build stages of a self-training round as plain functions (config, task, records in; records out).
+"""The score, build and train stages of a self-training round as plain functions (config and records in).
 
 ``score_round``: vote, label-free reward terms, the optional judge and Co-Reward columns, and (in a
 ``supervised: true`` run only) the gold reward terms. ``build_round_data``: SFT rows, DPO pairs or
-GRPO prompts from the scored records, checked for gold fields.
+GRPO prompts from the scored records, checked for gold fields. ``train_round``: the configured
+trainer on those rows, into a LoRA adapter folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from selfimprove.errors import ConfigError
 from selfimprove.gold import check_no_gold
-from selfimprove.loop.components import build_rewards, extractor_spec, mark_train_subset
+from selfimprove.loop.components import (
+    build_rewards,
+    extractor_spec,
+    lora_settings,
+    mark_train_subset,
+    split_trainer_options,
+    train_args,
+)
 from selfimprove.loop.config import RunConfig
 from selfimprove.loop.inputs import train_gold
 
@@ -115,3 +125,44 @@ def build_round_data(
         for i, row in enumerate(rows):
             check_no_gold(row.keys(), f"training row {i} of round {r}")
     return rows, stats
+
+
+def train_round(
+    config: RunConfig,
+    model_path: str,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    r: int,
+    *,
+    adapter_init: str | None = None,
+    terms: Sequence[tuple[str, Callable[..., list], float, bool]] = (),
+    gold: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> Any:
+    """Train ``training.method``'s LoRA adapter of round ``r`` on ``rows`` into ``out_dir``; return the TrainResult.
+
+    GRPO gets the reward ``terms`` (name, function, weight, reads_gold); when one reads gold (a
+    SUPERVISED run only), ``gold`` (the train split's) is added to the rows as the ``answer`` column.
+    """
+    method = config.training.method
+    if method == "sft":
+        from selfimprove.train.sft import train_sft as trainer
+    elif method == "dpo":
+        from selfimprove.train.dpo import train_dpo as trainer
+    else:
+        from selfimprove.train.grpo import train_grpo as trainer
+    kwargs, args = split_trainer_options(trainer, train_args(config))
+    if not progress:
+        args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
+    if method == "grpo":
+        uses_gold = any(g for *_x, g in terms)
+        if uses_gold and not config.supervised:
+            raise ConfigError("a gold-reading reward needs `supervised: true`")
+        if uses_gold:
+            # SUPERVISED baseline: the verifier reward reads the gold column during training.
+            rows = [{**row, "answer": (gold or {}).get(str(row["prompt_id"]))} for row in rows]
+            kwargs["allow_gold_columns"] = True
+        kwargs["reward_funcs"] = [fn for _n, fn, _w, _g in terms]
+        args.setdefault("reward_weights", [w for _n, _f, w, _g in terms])
+    common = {"adapter_init": adapter_init, "lora": lora_settings(config), "seed": config.loop.seed + r}
+    return trainer(model_path, rows, out_dir=out_dir, args=args, **common, **kwargs)
