@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", default="string_ops", help="bundled task name or a .jsonl task file")
     parser.add_argument("--out", type=Path, default=Path("runs/run_from_dict"))
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--answer-pattern", help="read answers with this regex (a .jsonl task only)")
     args = parser.parse_args(argv)
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
             "description": "a run driven from Python with a reward of its own",
             "model": {"path": args.model},
             "task": {**task, "train_size": 32, "eval_size": 16},
-            "generation": {"backend": "hf", "n": 4, "max_tokens": 48, "batch_size": 16},
+            "generation": {"backend": "hf", "n": 4, "max_tokens": args.max_tokens, "batch_size": 16},
             "data": {"sft": {"select": "reward", "drop_truncated": False}},
             "training": {"method": "sft", "max_steps": 4, "batch_size": 8, "lora": {"rank": 8, "alpha": 16}},
             "evaluation": {"n": 4, "k": [1, 4]},

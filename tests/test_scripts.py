@@ -75,7 +75,7 @@ def test_run_from_dict_script(tmp_path, tiny_model_dir):
         "--answer-pattern",
         "([a-e])",
     ]
-    proc = run_script("run_from_dict.py", *args)
+    proc = run_script("run_from_dict.py", *args, "--max-tokens", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     scored = [json.loads(x) for x in (out / "round_01" / "scores.jsonl").read_text().splitlines()]
     # The Python reward was the run's only reward, under its own name.
