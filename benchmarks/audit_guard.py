@@ -21,9 +21,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from selfimprove.loop._io import read_jsonl  # noqa: E402
 from selfimprove.loop.config import GuardConfig  # noqa: E402
 from selfimprove.loop.guard import check_collapse, guard_settings  # noqa: E402
+from selfimprove.runs.io import read_jsonl  # noqa: E402
 
 # Each rule alone, at the threshold the guard used until 2026-12-05 (entropy, distinct) or uses now.
 RULES: dict[str, dict[str, float]] = {

@@ -19,7 +19,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfimprove.loop.metrics import evaluate_answers
+from selfimprove.eval.metrics import evaluate_answers
 from selfimprove.models import base_model as bm
 from selfimprove.models.tiny import build_tiny_model
 from selfimprove.tasks import get_task

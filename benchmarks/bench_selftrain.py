@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 ARMS = ("labelfree", "gold")
-GOLD_REWARD = "gold_verifier"  # registry name in selfimprove.score.rewards (SUPERVISED_REWARDS)
+GOLD_REWARD = "gold_verifier"  # registry name in selfimprove.score.rewards (marked supervised there)
 # The runner stores each reward term's values under rewards[<term name>] (the name when unique).
 GOLD_REWARD_KEY = GOLD_REWARD
 
@@ -248,7 +248,7 @@ def borrowed_gold(path: Path, recs: Sequence[Mapping[str, Any]], jobs: Sequence[
     with the same sampling seeds; round 0 (the base model, before any training) is then the same
     measurement, so every seed's round-0 eval metrics must equal those of this run's label-free arm.
     """
-    from selfimprove.loop._io import read_jsonl
+    from selfimprove.runs.io import read_jsonl
 
     if not path.is_file():
         raise ValueError("no such file")

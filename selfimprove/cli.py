@@ -37,15 +37,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:  # a command whose module is not installed / not built yet
-        if exc.name and exc.name.startswith("selfimprove"):
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available sub-command."""
     parser = argparse.ArgumentParser(
@@ -57,9 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selfimprove {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        mod = _load(module)
-        if mod is None:
-            continue
+        # No guard: a command whose module fails to import is a broken install, reported with its cause.
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
@@ -85,7 +75,7 @@ _RECEIVED: list[int] = []
 
 
 @contextlib.contextmanager
-def _sigterm_raises():
+def sigterm_raises():
     """Turn SIGTERM into ``Terminated`` and SIGINT into ``Interrupted`` while a command runs.
 
     Python's default SIGTERM action exits without unwinding, so ``kill`` (or a scheduler's
@@ -222,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from selfimprove.errors import SelfImproveError
 
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             return int(args._module.run(args) or 0)
     except (Interrupted, KeyboardInterrupt):  # Terminated (SIGTERM) included
         status = _interrupted(args.command)

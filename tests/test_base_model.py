@@ -452,7 +452,7 @@ def test_base_model_settings_are_validated(override, message):
 
 
 def test_stale_temp_folders_of_dead_builds_are_removed(tmp_path):
-    from selfimprove.models.base_model import _remove_stale_temps
+    from selfimprove.models.base_model import remove_stale_temps
 
     target = tmp_path / "m"
     dead = tmp_path / ".m.tmp-999999999"  # no such process
@@ -460,7 +460,7 @@ def test_stale_temp_folders_of_dead_builds_are_removed(tmp_path):
     other = tmp_path / ".other.tmp-999999999"
     for d in (dead, alive, other):
         d.mkdir()
-    _remove_stale_temps(target)
+    remove_stale_temps(target)
     assert not dead.exists() and alive.exists() and other.exists()
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import (
-    SUPERVISED_REWARDS,
     RunConfig,
     dump_config,
     iter_fields,
@@ -199,7 +198,9 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name and cfg.description.strip(), f"{path.name} needs a name and a description"
-    uses_gold = any(t.name in SUPERVISED_REWARDS for t in cfg.scoring.rewards)
+    from selfimprove.score.rewards import is_supervised_reward
+
+    uses_gold = any(is_supervised_reward(t.name) for t in cfg.scoring.rewards)
     assert uses_gold == cfg.supervised, f"{path.name}: supervised flag must match gold-reward use"
     if cfg.supervised:
         assert "SUPERVISED" in path.read_text(), "a supervised baseline must say so in its file"
@@ -247,11 +248,11 @@ def test_recipes_ship_inside_the_package():
 )
 def test_task_instruction_default_follows_the_model(model, instruction, expected):
     """builtin: models are trained without the answer-format instruction; model folders get it."""
-    from selfimprove.loop.runner import _load_task
+    from selfimprove.loop.inputs import load_task
     from selfimprove.tasks.synthetic import INSTRUCTION
 
     data = {"model": {"path": model}, "task": {"name": "sorting", "instruction": instruction}}
-    task = _load_task(validate_config(data))
+    task = load_task(validate_config(data))
     prompts, _ = task.make_split("eval", 2, seed=0)
     assert all((INSTRUCTION in p["prompt"][0]["content"]) is expected for p in prompts)
 
@@ -282,9 +283,9 @@ def test_every_recipe_loads_with_every_backend(path, backend):
     by that backend: switching backend by override neither fails nor hands them to another one."""
     cfg = load_config(path, BACKEND_OVERRIDES[backend])
     options = cfg.generation.backend_options()
-    from selfimprove.loop.runner import _generator_options
+    from selfimprove.loop.components import generator_options
 
-    built = _generator_options(cfg)
+    built = generator_options(cfg)
     if backend == "vllm":
         assert options["enforce_eager"] is True and built["kv_cache_gb"] == 1
         assert built["enable_lora"] is True and built["max_lora_rank"] >= cfg.training.lora.rank
@@ -374,3 +375,23 @@ def test_runs_started_before_the_new_keys_still_resume():
     assert RunConfig().fingerprint() == "8791252249a9c262"
     assert load_config(REPO / "configs" / "rejection_sft.yaml").fingerprint() == "2e34584e642351ef"
     assert load_config(REPO / "configs" / "demo.yaml").fingerprint() == "8d87dbcc1cbfde92"
+
+
+def test_a_command_whose_module_fails_to_import_is_not_dropped_silently(tmp_path):
+    """A broken install fails loudly with the cause (it used to drop the sub-command from --help)."""
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "selfimprove_broken"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "cmd.py").write_text("import selfimprove_missing_dependency\n")
+    code = (
+        "import sys; from selfimprove import cli; "
+        "cli.COMMANDS['broken'] = ('selfimprove_broken.cmd', 'x'); sys.exit(cli.main(['--help']))"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "selfimprove_missing_dependency" in proc.stderr

@@ -128,9 +128,10 @@ def test_diagnostics_with_gold_for_evaluation():
     d = compute_diagnostics(scored, gold={"p1": "5", "p2": "7", "p3": "1"})
     # voted prompts p1 (label 4, gold 5: wrong) and p2 (7: right)
     assert d["label_accuracy"] == pytest.approx(0.5)
-    # p1: samples 4,4 rewarded but wrong; 5 unrewarded but right; None unrewarded and wrong -> 1/4 match
-    # p2: both rewarded and right -> 2/2
-    assert d["reward_accuracy"] == pytest.approx(3 / 6)
+    # reward positive exactly when correct (the loop's train/reward_accuracy, same definition):
+    # p1: samples 4,4 rewarded but wrong; 5 unrewarded but right; None unrewarded and wrong -> 1/4
+    # p2: both rewarded and right -> 2/2; p3 (abstained): both unrewarded and wrong -> 2/2
+    assert d["reward_accuracy"] == pytest.approx(5 / 8)
     assert d["sample_accuracy"] == pytest.approx(3 / 8)
     assert d["gold_missing_prompts"] == 0
     assert compute_diagnostics([])["n_samples"] == 0

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from selfimprove.errors import ConfigError, InputError
-from selfimprove.generate import BACKENDS, Sampling, build_generator
-from selfimprove.generate._common import adapter_fingerprint, check_prompt, render_prompt, trim_at_stop
+from selfimprove.generate import (
+    BACKENDS,
+    Sampling,
+    adapter_fingerprint,
+    build_generator,
+    check_prompt,
+    render_prompt,
+    trim_at_stop,
+)
 
 
 @pytest.mark.parametrize(

@@ -256,7 +256,7 @@ def hf_judge_generator(tiny_model_dir):
 def test_real_model_logprob_judge_reads_both_orders(hf_judge_generator, tiny_model_dir):
     import torch
 
-    from selfimprove.generate._common import render_prompt
+    from selfimprove.generate import render_prompt
 
     gen = hf_judge_generator
     vocab = len(gen.tokenizer)

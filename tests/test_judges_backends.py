@@ -43,7 +43,7 @@ def p_first_exact(hf, judge, q, first, second):
     """P(first position wins) from the full next-token distribution of an HF forward pass."""
     import torch
 
-    from selfimprove.generate._common import render_prompt
+    from selfimprove.generate import render_prompt
 
     _text, ids = render_prompt(hf.tokenizer, judge._prompt(q, first, second))
     with torch.no_grad():

@@ -153,3 +153,91 @@ def test_bad_arguments():
 )
 def test_choose_tags(reply, verdict):
     assert parse_verdict(reply) == verdict
+
+
+# ---------------------------------------------------------------- judging a round's rollouts
+
+
+def _rollouts():
+    """Two prompts, three samples each; "good" answers should beat "bad" ones."""
+    texts = {"p0": ["good a", "bad b", "good c"], "p1": ["bad d", "bad e", "good f"]}
+    return [
+        {
+            "prompt_id": pid,
+            "prompt": [{"role": "user", "content": f"question {pid}?"}],
+            "sample_index": k,
+            "completion": t,
+        }
+        for pid, ts in texts.items()
+        for k, t in enumerate(ts)
+    ]
+
+
+def test_judge_rollouts_pairwise_scores_each_rollout_against_its_prompts_others():
+    from selfimprove.score.judging import build_rollout_judge, judge_rollouts
+
+    gen = Judge(quality)
+    judge, opponents = build_rollout_judge("pairwise", gen, {"opponents": "all", "max_tokens": 8}, seed=7)
+    rollouts = _rollouts()
+    scores, report = judge_rollouts(judge, list(reversed(rollouts)), opponents=opponents, seed="0|1")
+    by_text = {
+        x["completion"]: s for x, s in zip(reversed(rollouts), scores, strict=True)
+    }  # rollout order kept
+    # Both orders of every pair within a prompt: p0 "good a" beats "bad b" and ties "good c" -> 0.75.
+    assert by_text == {
+        "good a": 0.75,
+        "bad b": 0.0,
+        "good c": 0.75,
+        "bad d": 0.25,
+        "bad e": 0.25,
+        "good f": 1.0,
+    }
+    assert all({first[:1], second[:1]} <= {"g", "b"} for first, second, _ in gen.calls)
+    assert len(gen.calls) == 2 * (3 + 3)  # 3 pairs per prompt, both orders
+    assert {c[2] for c in gen.calls} == {7}  # the judge's sampling is seeded
+    assert report["kind"] == "pairwise" and report["scored_rate"] == 1.0
+
+
+def test_build_rollout_judge_names_a_bad_option():
+    from selfimprove.score.judging import build_rollout_judge
+
+    with pytest.raises(ConfigError, match=r"scoring\.judge\.options: .*no_such_option"):
+        build_rollout_judge("pairwise", Judge(quality), {"no_such_option": 1}, where="scoring.judge.options")
+    with pytest.raises(ConfigError, match="pointwise' or 'pairwise"):
+        build_rollout_judge("listwise", Judge(quality))
+
+
+def test_paraphrased_prompts_are_made_once_and_voted_on(tmp_path):
+    from selfimprove.score.paraphrase import paraphrased_prompts, voted_labels
+
+    class Writer:
+        """Rewrites "question pN?" as "In other words: question pN?" (p1's rewrite drops its number)."""
+
+        backend = model = "scripted"
+
+        def __init__(self):
+            self.calls = 0
+
+        def generate(self, prompts, sampling, *, adapter=None, progress=False):
+            self.calls += 1
+            out = []
+            for p in prompts:
+                q = p[-1]["content"].strip().split("\n")[-1]
+                text = "In other words: " + (q if "p0" in q else "question p?")
+                out.append(
+                    [Completion(text=text, finish_reason="stop", prompt_tokens=5, completion_tokens=5)]
+                )
+            return out
+
+    prompts = [
+        {"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"question p{i}?"}]} for i in (0, 1)
+    ]
+    w = Writer()
+    closed = []
+    made = paraphrased_prompts(prompts, tmp_path / "para.jsonl", lambda: (w, lambda: closed.append(1)))
+    assert [p["prompt_id"] for p in made] == ["p0"]  # p1's rewrite changed a number: it abstains
+    assert "In other words" in made[0]["prompt"][0]["content"] and closed == [1]
+    again = paraphrased_prompts(prompts, tmp_path / "para.jsonl", lambda: pytest.fail("made twice"))
+    assert again == made and w.calls >= 1
+    recs = [{"prompt_id": "p0", "completion": c} for c in ("it is 4", "4", "5")]
+    assert voted_labels(recs, lambda t: t.split()[-1]) == {"p0": "4"}

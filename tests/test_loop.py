@@ -191,6 +191,23 @@ def test_metrics_recomputed_by_hand(finished_run):
 
 
 @pytest.mark.slow
+def test_label_and_reward_accuracy_mean_the_same_as_in_compute_diagnostics(finished_run):
+    """train/label_accuracy and train/reward_accuracy of a round equal compute_diagnostics' values
+    of the same names on that round's scores.jsonl (one definition, selfimprove.eval)."""
+    from selfimprove.score.diagnostics import compute_diagnostics
+
+    rows = [json.loads(line) for line in (finished_run["tmp"] / "task.jsonl").read_text().splitlines()]
+    train_gold = {r["id"]: r["answer"] for r in rows if r["split"] == "train"}
+    history = _jsonl(finished_run["dir"] / "metrics.jsonl")
+    for r in (1, 2):
+        scored = _jsonl(finished_run["dir"] / f"round_{r:02d}" / "scores.jsonl")
+        d = compute_diagnostics(scored, gold=train_gold)
+        m = next(x for x in history if x["round"] == r)
+        assert d["label_accuracy"] == pytest.approx(m["train/label_accuracy"])
+        assert d["reward_accuracy"] == pytest.approx(m["train/reward_accuracy"])
+
+
+@pytest.mark.slow
 def test_training_changed_the_adapter(finished_run):
     from safetensors.torch import load_file
 
@@ -288,7 +305,8 @@ def test_report_of_real_run(finished_run):
 def test_supervised_baseline_is_rewarded_by_the_gold_verifier_alone(tmp_path, tiny_model_dir):
     """The SUPERVISED baseline's reward is the gold verifier only: no label-free majority vote is
     mixed in (the default vote reward stays out when only a gold reward is configured), and SFT
-    keeps exactly the samples whose answer is the gold one."""
+    keeps exactly the samples whose answer is the gold one (`data.sft.select: verifier` finds the gold
+    verifier's score without a `verifier_key`)."""
     write_letter_task(tmp_path / "task.jsonl")
     task_rows = [json.loads(line) for line in (tmp_path / "task.jsonl").read_text().splitlines()]
     train_gold = {r["id"]: r["answer"] for r in task_rows if r["split"] == "train"}
@@ -298,7 +316,6 @@ def test_supervised_baseline_is_rewarded_by_the_gold_verifier_alone(tmp_path, ti
             "supervised=true",
             "scoring.rewards=[{name: gold_verifier}]",
             "data.sft.select=verifier",
-            "data.sft.verifier_key=gold_verifier",
             "data.sft.min_majority_ratio=0.0",
             "generation.n=8",
             "generation.temperature=1.5",
@@ -533,17 +550,17 @@ def test_loop_pairwise_judge_dpo_on_vllm(tmp_path, tiny_model_dir, vllm_generato
 def test_train_prompts_per_round(resample):
     """A fixed self-training set, or fresh prompts every round; never a gold field, eval split untouched."""
     from selfimprove.loop.config import validate_config
-    from selfimprove.loop.runner import _eval_split, _load_task, _train_prompts
+    from selfimprove.loop.inputs import eval_split, load_task, train_prompts
 
     cfg = validate_config({"task": {"train_size": 12, "eval_size": 6, "resample_each_round": resample}})
-    task = _load_task(cfg)
-    r1, r2 = _train_prompts(cfg, task, 1), _train_prompts(cfg, task, 2)
+    task = load_task(cfg)
+    r1, r2 = train_prompts(cfg, task, 1), train_prompts(cfg, task, 2)
     ids1, ids2 = [p["prompt_id"] for p in r1], [p["prompt_id"] for p in r2]
     assert len(ids1) == len(ids2) == 12
     assert (ids1 != ids2) is resample
     for p in r1 + r2:
         assert not GOLD_KEYS & set(p) and not GOLD_KEYS & set(p.get("meta") or {})
-    eval_ids = set(_eval_split(cfg, task)[0][i]["prompt_id"] for i in range(6))
+    eval_ids = set(eval_split(cfg, task)[0][i]["prompt_id"] for i in range(6))
     assert not eval_ids & (set(ids1) | set(ids2))
 
 

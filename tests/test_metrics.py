@@ -6,7 +6,7 @@ from math import comb
 
 import pytest
 
-from selfimprove.loop.metrics import (
+from selfimprove.eval.metrics import (
     evaluate_answers,
     maj_at_k,
     majority_answer,

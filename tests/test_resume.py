@@ -338,8 +338,8 @@ def test_a_busy_run_folder_is_refused_until_its_process_is_gone(tmp_path):
     cfg = load_config(_config(tmp_path, tmp_path / "no-model"))
     run_dir = tmp_path / "run"
     script = (
-        "import os, time; from pathlib import Path; from selfimprove.loop.runner import _run_dir_lock\n"
-        f"with _run_dir_lock(Path({str(run_dir)!r})):\n"
+        "import os, time; from pathlib import Path; from selfimprove.runs.folder import folder_lock\n"
+        f"with folder_lock(Path({str(run_dir)!r})):\n"
         "    child = os.fork()\n"
         "    if child == 0:\n"
         "        time.sleep(60); os._exit(0)\n"
@@ -449,7 +449,7 @@ def test_sigterm_swallowed_inside_a_weakref_callback_is_delivered_again():
     Python drops exceptions ("Exception ignored ... Terminated: signal 15"), and the run went on."""
     import weakref
 
-    from selfimprove.cli import Terminated, _sigterm_raises
+    from selfimprove.cli import Terminated, sigterm_raises
 
     class Obj:
         pass
@@ -463,7 +463,7 @@ def test_sigterm_swallowed_inside_a_weakref_callback_is_delivered_again():
         ran_inside.append(True)  # not reached when the handler raised in here
 
     start = time.monotonic()
-    with pytest.raises(Terminated), _sigterm_raises():
+    with pytest.raises(Terminated), sigterm_raises():
         obj = Obj()
         _ref = weakref.ref(obj, callback)
         del obj  # the callback runs now; its Terminated is swallowed

@@ -440,14 +440,14 @@ def test_verifier_reward_check_replaces_math_verify():
 def test_loop_gold_reward_is_the_task_checker(task):
     """In the loop the SUPERVISED baseline's reward is 1 exactly where evaluation counts the answer
     correct: never for a slip (a swapped pair in a sorted list, a typo in a string)."""
+    from selfimprove.loop.components import build_rewards
     from selfimprove.loop.config import load_config
-    from selfimprove.loop.runner import _build_rewards
     from selfimprove.tasks import get_task
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     cfg = load_config(configs / "gt_grpo_baseline.yaml", [f"task.name={task}"])
     t = get_task(task)
-    [(name, fn, weight, reads_gold)] = _build_rewards(cfg, t)
+    [(name, fn, weight, reads_gold)] = build_rewards(cfg, t)
     assert (name, weight, reads_gold) == ("gold_verifier", 1.0, True)
     problems = t._problems("train", 20, 0, 1)
     slips = [(p, s) for p in problems for s in p.slips]

@@ -129,3 +129,21 @@ def test_folder_lock_refuses_a_second_process(tmp_path):
         proc.wait()
     with folder_lock(Path(tmp_path)):  # the kernel dropped the dead holder's lock
         pass
+
+
+def test_atomic_dir_swaps_in_a_complete_folder_or_leaves_the_old_one(tmp_path):
+    from selfimprove.runs.io import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.tmp-") and not target.exists()
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("two")
+        raise RuntimeError("killed mid-build")
+    assert (target / "a.txt").read_text() == "one"  # the old folder is untouched
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("three")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # replaced whole, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or old folder left

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from selfimprove.errors import InputError
-from selfimprove.tasks import GOLD_KEYS, TASKS, find_gold_keys, get_task, jsonl_task, split_of
+from selfimprove.tasks import GOLD_FIELDS, TASKS, find_gold_keys, get_task, jsonl_task, split_of
 from selfimprove.tasks.base import answers_equal, normalize_answer
 
 FAMILIES = sorted(TASKS)
@@ -82,7 +82,7 @@ def test_no_gold_anywhere_in_prompts(name, level):
 def test_find_gold_keys_sees_nested_fields():
     rec = {"prompt": [{"role": "user", "content": "x"}], "meta": {"a": [{"b": {"Answer": 1}}], "label": 2}}
     assert sorted(find_gold_keys(rec)) == ["meta.a[0].b.Answer", "meta.label"]
-    assert {"answer", "gold", "label", "solution", "ground_truth", "target"} == GOLD_KEYS
+    assert {"answer", "gold", "label", "solution", "ground_truth", "target"} == GOLD_FIELDS
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -157,15 +157,15 @@ def test_arithmetic_worked_solution_is_correct_arithmetic():
 
 
 def test_column_work_carries_and_borrows():
-    from selfimprove.tasks.synthetic import _column_work
+    from selfimprove.tasks.synthetic import column_work
 
-    assert _column_work(67, "+", 14) == ("7+4=11, 6+1+1=8", 81)
-    assert _column_work(96, "+", 98) == ("6+8=14, 9+9+1=19", 194)
-    assert _column_work(52, "-", 17) == ("12-7=5, 4-1=3", 35)
-    assert _column_work(100, "-", 1) == ("10-1=9, 9-0=9, 0-0=0", 99)
+    assert column_work(67, "+", 14) == ("7+4=11, 6+1+1=8", 81)
+    assert column_work(96, "+", 98) == ("6+8=14, 9+9+1=19", 194)
+    assert column_work(52, "-", 17) == ("12-7=5, 4-1=3", 35)
+    assert column_work(100, "-", 1) == ("10-1=9, 9-0=9, 0-0=0", 99)
     # A slip changes what is written in one column; the carry follows what is written.
-    assert _column_work(96, "+", 98, (1, 1)) == ("6+8=14, 9+9+1=20", 204)
-    assert _column_work(52, "-", 17, (0, -1)) == ("12-7=4, 4-1=3", 34)
+    assert column_work(96, "+", 98, (1, 1)) == ("6+8=14, 9+9+1=20", 204)
+    assert column_work(52, "-", 17, (0, -1)) == ("12-7=4, 4-1=3", 34)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -12,7 +12,8 @@ import pytest
 
 from selfimprove.errors import InputError
 from selfimprove.loop.config import load_config, validate_config
-from selfimprove.loop.runner import _check_inputs, _eval_split, _load_task, _train_prompts, round_table, run
+from selfimprove.loop.inputs import check_inputs, eval_split, load_task, train_prompts
+from selfimprove.loop.runner import round_table, run
 from selfimprove.score.diagnostics import score_rollouts, truncated_vote_share
 
 LONG = "x" * 1100  # the tiny model's context is 1024 tokens (one per character)
@@ -44,44 +45,44 @@ def _cfg(task: Path, model: Path, **task_keys):
 def test_plain_text_to_a_chat_model_warns_and_chat_template_renders_it(tmp_path, tiny_model_dir):
     task = _task(tmp_path / "t.jsonl")
     cfg = _cfg(task, tiny_model_dir)
-    skipped, warnings = _check_inputs(cfg, _load_task(cfg), str(tiny_model_dir))
+    skipped, warnings = check_inputs(cfg, load_task(cfg), str(tiny_model_dir))
     assert not skipped
     assert len(warnings) == 1 and "plain text, but the model has a chat template" in warnings[0]
     assert "task.chat_template: true" in warnings[0]
     on = _cfg(task, tiny_model_dir, chat_template=True)
-    assert _check_inputs(on, _load_task(on), str(tiny_model_dir)) == (set(), [])
-    prompts = _train_prompts(on, _load_task(on), 1)
+    assert check_inputs(on, load_task(on), str(tiny_model_dir)) == (set(), [])
+    prompts = train_prompts(on, load_task(on), 1)
     assert prompts[0]["prompt"] == [{"role": "user", "content": "Pick a letter for item 0."}]
-    assert _eval_split(on, _load_task(on))[0][0]["prompt"][0]["role"] == "user"
+    assert eval_split(on, load_task(on))[0][0]["prompt"][0]["role"] == "user"
     off = _cfg(task, tiny_model_dir, chat_template=False)
-    assert _check_inputs(off, _load_task(off), str(tiny_model_dir)) == (set(), [])
-    assert _train_prompts(off, _load_task(off), 1)[0]["prompt"] == "Pick a letter for item 0."
+    assert check_inputs(off, load_task(off), str(tiny_model_dir)) == (set(), [])
+    assert train_prompts(off, load_task(off), 1)[0]["prompt"] == "Pick a letter for item 0."
 
 
 def test_a_too_long_prompt_is_an_error_naming_its_line_or_skipped_and_counted(tmp_path, tiny_model_dir):
     task = _task(tmp_path / "t.jsonl", long_line=4)
     cfg = _cfg(task, tiny_model_dir, chat_template=False)
     with pytest.raises(InputError) as info:
-        _check_inputs(cfg, _load_task(cfg), str(tiny_model_dir))
+        check_inputs(cfg, load_task(cfg), str(tiny_model_dir))
     msg = str(info.value)
     assert msg.startswith(f"{task}:4: the prompt has 1100 tokens, the model's context is 1024 tokens"), msg
     assert "task.long_prompts=skip" in msg
     skip = _cfg(task, tiny_model_dir, chat_template=False, long_prompts="skip")
-    t = _load_task(skip)
-    skipped, warnings = _check_inputs(skip, t, str(tiny_model_dir))
+    t = load_task(skip)
+    skipped, warnings = check_inputs(skip, t, str(tiny_model_dir))
     assert skipped == {"q3"}
     assert warnings == [
         "1 prompt(s) longer than the model's context of 1024 tokens were left out (the longest has 1100 "
         "tokens) (task.long_prompts: skip)"
     ]
-    prompts, gold = _eval_split(skip, t, skipped)
+    prompts, gold = eval_split(skip, t, skipped)
     assert "q3" not in {p["prompt_id"] for p in prompts} | set(gold) and len(prompts) == 3
 
 
 def test_a_task_file_without_gold_answers_warns_that_nothing_can_be_measured(tmp_path, tiny_model_dir):
     task = _task(tmp_path / "t.jsonl", gold=False)
     cfg = _cfg(task, tiny_model_dir, chat_template=False)
-    _skipped, warnings = _check_inputs(cfg, _load_task(cfg), str(tiny_model_dir))
+    _skipped, warnings = check_inputs(cfg, load_task(cfg), str(tiny_model_dir))
     assert warnings == [
         f"the eval split is empty: no row of {task} has a gold answer in 'answer': no accuracy can be "
         "measured (every eval metric stays '-') and the collapse guard has no evaluation metrics to judge"
@@ -96,7 +97,7 @@ def test_a_task_file_that_is_not_utf8_names_its_line(tmp_path):
     data[4] = data[4].replace(b"Pick", b"Pick \xff")
     task.write_bytes(b"\n".join(data))
     with pytest.raises(InputError) as info:
-        _load_task(validate_config({"task": {"name": None, "file": str(task)}}))
+        load_task(validate_config({"task": {"name": None, "file": str(task)}}))
     assert str(info.value).startswith(f"{task}:5: not UTF-8 text (byte 0xff at column ")
 
 

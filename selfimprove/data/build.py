@@ -9,13 +9,12 @@ of launching a zero-step "training". Gold-named columns are refused with ``Label
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from selfimprove.errors import ConfigError, InputError, LabelLeakError
-
-GOLD_COLUMNS = frozenset({"answer", "gold", "label", "solution", "ground_truth", "target"})
+from selfimprove.errors import ConfigError, InputError
+from selfimprove.gold import check_no_gold, check_record_no_gold
 
 SFT_SELECT = ("majority", "verifier", "judge", "reward")
 DPO_STRATEGIES = ("majority_vs_minority", "best_vs_worst")
@@ -71,16 +70,6 @@ class BuildStats:
         }
 
 
-def check_no_gold(columns: Iterable[str], where: str) -> None:
-    """Raise ``LabelLeakError`` if any column name is gold-named (answer, gold, label, ...)."""
-    leaked = sorted(c for c in columns if c in GOLD_COLUMNS)
-    if leaked:
-        raise LabelLeakError(
-            f"{where}: gold-named column(s) {leaked} reached a label-free data builder; "
-            f"strip {sorted(GOLD_COLUMNS)} from prompts before generation"
-        )
-
-
 def _group(scored: Sequence[Mapping[str, Any]], required: Sequence[str]) -> OrderedDict[str, list]:
     """Validate records and group them by prompt_id (first-seen order), sorted by sample_index."""
     groups: OrderedDict[str, list] = OrderedDict()
@@ -92,8 +81,7 @@ def _group(scored: Sequence[Mapping[str, Any]], required: Sequence[str]) -> Orde
             raise InputError(
                 f"scored record {i} (prompt_id={rec.get('prompt_id')!r}): missing field(s) {missing}"
             )
-        check_no_gold(rec.keys(), f"scored record {i}")
-        check_no_gold((rec.get("meta") or {}).keys(), f"scored record {i} meta")
+        check_record_no_gold(rec, f"scored record {i} (label-free data builder)")
         groups.setdefault(str(rec["prompt_id"]), []).append(rec)
     for recs in groups.values():
         recs.sort(key=lambda r: r.get("sample_index", 0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from selfimprove.generate._common import adapter_fingerprint, check_prompt, render_prompt, trim_at_stop
 from selfimprove.generate.base import ChatMessage, Completion, Generator, Prompt, Sampling
 
 BACKENDS = ("vllm", "hf", "openai")
@@ -34,4 +35,16 @@ def build_generator(backend: str, model: str, **options: Any) -> Generator:
         raise ConfigError(f"backend {backend!r}: bad option ({exc})") from exc
 
 
-__all__ = ["BACKENDS", "ChatMessage", "Completion", "Generator", "Prompt", "Sampling", "build_generator"]
+__all__ = [
+    "BACKENDS",
+    "ChatMessage",
+    "Completion",
+    "Generator",
+    "Prompt",
+    "Sampling",
+    "adapter_fingerprint",
+    "build_generator",
+    "check_prompt",
+    "render_prompt",
+    "trim_at_stop",
+]

@@ -8,15 +8,13 @@ Re-running with the same --out skips prompts whose samples are already stored.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from selfimprove.errors import InputError
 from selfimprove.generate.store import ROLLOUTS_FILE
 from selfimprove.generate.vllm_backend import ADAPTER_SERVING
+from selfimprove.runs.io import write_json_atomic
 
 BACKENDS = ("vllm", "hf", "openai")
 
@@ -138,14 +136,6 @@ def _options(args: argparse.Namespace) -> dict:
         if args.seed is not None:
             opts["seed"] = args.seed
     return opts
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _tokenizer_folder(args: argparse.Namespace) -> Path | None:
@@ -270,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         if created and args.out.is_dir():
             _remove_if_empty(args.out)
         raise
-    _write_json(
+    write_json_atomic(
         args.out / "generate.json",
         {
             "model": args.model,

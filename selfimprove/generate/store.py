@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from selfimprove.errors import InputError
 from selfimprove.generate._common import check_prompt
 from selfimprove.generate.base import Generator, Sampling
+from selfimprove.runs.io import write_text_atomic
 from selfimprove.textio import read_utf8
 
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -121,16 +121,7 @@ class RolloutStore:
         return complete
 
     def _rewrite(self, recs: Sequence[dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".rollouts.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write("".join(_line(r) for r in recs))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, "".join(_line(r) for r in recs))
 
     def append(self, recs: Iterable[dict[str, Any]]) -> int:
         """Append records (whole prompt groups) in one write + fsync; return how many."""

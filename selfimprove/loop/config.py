@@ -214,10 +214,8 @@ _JUDGE_RESERVED = ("generator", "adapter", "sampling", "progress")
 
 def _judge_option_names(kind: str) -> list[str]:
     """Option names a loop judge of ``kind`` accepts (constructor keywords plus loop options)."""
-    try:
-        from selfimprove.score.judges import JUDGES
-    except ImportError:  # judges module missing: the runner will complain when it builds one
-        return []
+    from selfimprove.score.judges import JUDGES
+
     params = inspect.signature(JUDGES[kind].__init__).parameters
     names = [n for n in params if n != "self" and n not in _JUDGE_RESERVED]
     return [*names, *_JUDGE_SAMPLING_OPTIONS, *_JUDGE_LOOP_OPTIONS[kind]]
@@ -499,7 +497,7 @@ class RunConfig(_Section):
     description: str = Field("", description="Free text shown in the report.")
     supervised: bool = Field(
         False,
-        description="Must be true when a reward uses gold labels (e.g. `verifier`): marks the run as a "
+        description="Must be true when a reward uses gold labels (e.g. `gold_verifier`): marks the run as a "
         "supervised baseline, not label-free.",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
@@ -558,10 +556,6 @@ _FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, ...], Any] = {
 }
 
 
-# Reward names that use gold labels: allowed only in runs marked `supervised: true`.
-SUPERVISED_REWARDS = frozenset({"gold_verifier", "verifier", "verifier_reward"})
-
-
 # ---------------------------------------------------------------------------------------------
 # Checks against other modules (when importable)
 # ---------------------------------------------------------------------------------------------
@@ -582,11 +576,9 @@ def _trl_config_class(method: str) -> type | None:
 
 def _trainer_keywords(method: str) -> set[str]:
     """Keyword options of ``train_<method>`` beyond the TRL config (e.g. DPO's ``nll_weight``)."""
-    try:
-        module = __import__(f"selfimprove.train.{method}", fromlist=[f"train_{method}"])
-        func = getattr(module, f"train_{method}")
-    except (ImportError, AttributeError):
-        return set()
+    import importlib
+
+    func = getattr(importlib.import_module(f"selfimprove.train.{method}"), f"train_{method}")
     return {
         n for n, p in inspect.signature(func).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
@@ -600,16 +592,12 @@ _BACKEND_CLASSES = {
 }
 
 
-def _backend_options(backend: str) -> tuple[list[str], bool] | None:
-    """(keyword options of ``backend``'s constructor, whether it passes other keywords on to its
-    engine); None when the backend module cannot be imported (the runner reports that)."""
+def _backend_options(backend: str) -> tuple[list[str], bool]:
+    """(keyword options of ``backend``'s constructor, whether it passes other keywords on to its engine)."""
     import importlib
 
     module, name = _BACKEND_CLASSES[backend]
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
+    cls = getattr(importlib.import_module(module), name)
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, model
     named = [
         p.name
@@ -630,10 +618,7 @@ def _vllm_engine_arguments() -> set[str] | None:
 
 def _accepts(backend: str, name: str, engine_args: dict[str, set[str] | None]) -> bool | None:
     """Whether ``backend``'s constructor takes option ``name`` (None: cannot tell)."""
-    known = _backend_options(backend)
-    if known is None:
-        return None
-    named, passes_on = known
+    named, passes_on = _backend_options(backend)
     if name in named:
         return True
     if not passes_on:
@@ -656,7 +641,7 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
     for backend in _BACKEND_SECTIONS:
         for name in getattr(g, backend):
             if _accepts(backend, name, engine_args) is False:
-                named = (_backend_options(backend) or ([], False))[0]
+                named = _backend_options(backend)[0]
                 path = ("generation", backend, name)
                 cls = _BACKEND_CLASSES[backend][1]
                 raise ConfigError(
@@ -676,7 +661,7 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
             continue
         takers = [b for b in _BACKEND_SECTIONS if b != chosen and _accepts(b, name, engine_args)]
         source = where.source(("generation", "backend"), fallback=False) or "the default"
-        named = (_backend_options(chosen) or ([], False))[0]
+        named = _backend_options(chosen)[0]
         hint = (
             f"it is an option of the {' and '.join(takers)} backend: move it to "
             f"generation.{takers[0]}.{name}, which is read only when that backend runs"
@@ -697,40 +682,33 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
 def _cross_check(cfg: RunConfig, where: _Where) -> None:
     """Checks that need other modules: generation options, reward names, builder options, TRL fields."""
     _check_generation(cfg, where)
-    try:
-        from selfimprove.score import rewards as rewards_mod
-    except ImportError:
-        rewards_mod = None
-    registry = getattr(rewards_mod, "REWARDS", None) if rewards_mod else None
+    from selfimprove.data import build as build_mod
+    from selfimprove.score import rewards as rewards_mod
+
+    registry = rewards_mod.REWARDS
     for i, term in enumerate(cfg.scoring.rewards):
-        if registry is not None and ":" not in term.name and term.name not in registry:
+        if ":" not in term.name and term.name not in registry:
             path = ("scoring", "rewards", i, "name")
             raise ConfigError(
                 f"{where(path)}scoring.rewards[{i}].name: unknown reward {term.name!r}"
                 f"{_suggest(term.name, registry)}; registered: {', '.join(sorted(registry))}"
             )
-        if term.name in SUPERVISED_REWARDS and not cfg.supervised:
+        if rewards_mod.is_supervised_reward(term.name) and not cfg.supervised:
             path = ("scoring", "rewards", i, "name")
             raise ConfigError(
                 f"{where(path)}scoring.rewards[{i}].name: {term.name!r} reads gold labels; a run that "
                 "uses it must say `supervised: true` (it is a supervised baseline, not label-free)"
             )
-    try:
-        from selfimprove.data import build as build_mod
-    except ImportError:
-        build_mod = None
-    if build_mod is not None:
-        for section, fname in (
-            ("sft", "build_sft_rows"),
-            ("dpo", "build_dpo_pairs"),
-            ("grpo", "build_grpo_prompts"),
-        ):
-            func = getattr(build_mod, fname, None)
-            options = getattr(cfg.data, section)
-            if func is not None and options:
-                # The first positional argument is the scored rollouts, passed by the runner.
-                first = next(iter(inspect.signature(func).parameters), None)
-                _check_kwargs(func, options, f"data.{section}", where, skip=[first] if first else [])
+    for section, func in (
+        ("sft", build_mod.build_sft_rows),
+        ("dpo", build_mod.build_dpo_pairs),
+        ("grpo", build_mod.build_grpo_prompts),
+    ):
+        options = getattr(cfg.data, section)
+        if options:
+            # The first positional argument is the scored rollouts, passed by the runner.
+            first = next(iter(inspect.signature(func).parameters), None)
+            _check_kwargs(func, options, f"data.{section}", where, skip=[first] if first else [])
     uses_paraphrase = any(t.name == "paraphrase_agreement" for t in cfg.scoring.rewards)
     if uses_paraphrase and not cfg.scoring.paraphrase.enabled:
         raise ConfigError(
@@ -768,9 +746,16 @@ def validate_config(
     return validate(RunConfig, data, file=file, lines=lines, overrides=overrides, check=check)
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = (), *, cross_check: bool = True) -> RunConfig:
-    """Read, merge overrides into, and validate a YAML run config; errors name file:line and key."""
-    return load(path, RunConfig, overrides, check=_cross_check if cross_check else None)
+def load_config(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), *, cross_check: bool = True
+) -> RunConfig:
+    """Read (a YAML file) or take (a dict), merge overrides into, and validate a run config.
+
+    Errors name the key (and, for a file, its file:line).
+    """
+    if isinstance(source, Mapping):
+        return validate_config(source, overrides=overrides, cross_check=cross_check)
+    return load(source, RunConfig, overrides, check=_cross_check if cross_check else None)
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -8,13 +8,14 @@ copied from another machine.
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import InputError
-from selfimprove.loop._io import read_json, read_jsonl, write_text_atomic
+from selfimprove.runs.io import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from selfimprove.runs.report import html_table as _html_table
 from selfimprove.runs.report import markdown_table as _md_table
 
@@ -106,10 +107,10 @@ def _plot(
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    write_bytes_atomic(path, buf.getvalue())
     return True
 
 

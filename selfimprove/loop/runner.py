@@ -23,608 +23,55 @@ adapters are passed to it by path (hot-swapped).
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfimprove.errors import ConfigError, InputError
-from selfimprove.loop._io import (
+from selfimprove.errors import ConfigError
+from selfimprove.loop.components import (
+    build_rewards,
+    generator_options,
+    gold_reward_labels,
+    make_sampling,
+    task_extractor,
+    user_reward_terms,
+)
+from selfimprove.loop.config import RunConfig
+from selfimprove.loop.folder import (
+    STAGES,
+    RunState,
+    StartRecord,
+    check_run_dir,
+    prepare_run_dir,
+    resolve_run_dir,
+    round_dir,
+)
+from selfimprove.loop.history import apply_guard, round_history, run_summary
+from selfimprove.loop.inputs import check_inputs, eval_split, load_task, train_gold, train_prompts
+from selfimprove.loop.round_metrics import round_metrics
+from selfimprove.loop.scoring import build_round_data, score_round, train_round
+from selfimprove.loop.table import round_table, round_warnings
+from selfimprove.models.loading import resolve_model
+from selfimprove.runs.folder import folder_lock
+from selfimprove.runs.io import (
     read_json,
     read_jsonl,
-    write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
-    write_text_atomic,
 )
-from selfimprove.loop.config import SUPERVISED_REWARDS, RunConfig, dump_config
-from selfimprove.loop.guard import best_round, check_collapse, guard_settings
-from selfimprove.models.loading import resolve_model
-from selfimprove.runs.folder import LOCK_FILE, HeldLock, busy_error, folder_lock, lock_holder, write_manifest
-from selfimprove.runs.folder import RunState as FolderState
-from selfimprove.tasks.base import SystemPromptTask
-
-STAGES = ("generate", "score", "build", "train", "evaluate", "metrics")
-STATE_FILE = "state.json"
-# Gold-named fields; none may appear in anything a label-free stage reads or writes.
-GOLD_FIELDS = frozenset({"answer", "gold", "label", "solution", "ground_truth", "target"})
-# vLLM accepts these LoRA ranks as max_lora_rank.
-_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
-
-
-def round_dir(run_dir: Path, r: int) -> Path:
-    """The folder of round ``r`` (round 0 is the base model's evaluation)."""
-    return run_dir / f"round_{r:02d}"
-
 
 # ---------------------------------------------------------------------------------------------
 # Run-folder state
 # ---------------------------------------------------------------------------------------------
 
 
-class RunState(FolderState):
-    """``state.json`` of a self-training run: finished stages per round, the current adapter, guard events."""
-
-    @classmethod
-    def new(cls, path: Path, fingerprint: str) -> RunState:  # type: ignore[override]
-        """A fresh state for a new run."""
-        return super().new(path, fingerprint, STAGES, adapter=None, stopped=None, guard=[], rollbacks=0)
-
-    @classmethod
-    def load(cls, path: Path) -> RunState:  # type: ignore[override]
-        """Read an existing state.json."""
-        return super().load(path, STAGES)
-
-
 # ---------------------------------------------------------------------------------------------
 # Setup: run folder, manifest, model, task
 # ---------------------------------------------------------------------------------------------
-
-
-def resolve_run_dir(config: RunConfig, run_dir: str | Path | None) -> Path:
-    """``run_dir`` if given, else ``output.run_dir``, else ``runs/<name>``."""
-    if run_dir is not None:
-        return Path(run_dir)
-    if config.output.run_dir:
-        return Path(config.output.run_dir)
-    return Path("runs") / config.name
-
-
-def _write_manifest(run_dir: Path, config: RunConfig, command: Sequence[str] | None, resumed: bool) -> None:
-    fields = {
-        "name": config.name,
-        "config_hash": config.fingerprint(),
-        "supervised": config.supervised,
-        "seeds": {"loop": config.loop.seed, "task": config.task.seed},
-    }
-    write_manifest(run_dir, fields, command=command, resumed=resumed)
-
-
-_run_dir_lock = folder_lock
-
-
-# Files every start writes (the record of the start, not results).
-_START_FILES = ("config.yaml", "manifest.json", "state.json", LOCK_FILE)
-
-
-class _StartRecord:
-    """A run folder as it was before a start wrote to it, to undo a start that computed nothing.
-
-    Every check that can be made before writing is made before writing; this covers what can only
-    fail later (an engine that does not start, a server that refuses the first request). When no
-    result file appeared or changed, the folder gets back exactly what it held: a new folder is
-    removed (so the corrected rerun is not refused), an existing one keeps its previous config,
-    manifest, state and lock file byte for byte.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir
-        self.existed = run_dir.is_dir()
-        self.saved = {
-            name: (run_dir / name).read_bytes() for name in _START_FILES if (run_dir / name).is_file()
-        }
-        self.results, self.folders = self._listing()
-
-    def _listing(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
-        files: dict[str, tuple[int, int]] = {}
-        folders: set[str] = set()
-        if not self.dir.is_dir():
-            return files, folders
-        for path in self.dir.rglob("*"):
-            rel = path.relative_to(self.dir).as_posix()
-            if path.is_dir():
-                folders.add(rel)
-            elif rel not in _START_FILES and not (path.name.startswith(".") and path.name.endswith(".tmp")):
-                st = path.stat()
-                files[rel] = (st.st_size, st.st_mtime_ns)
-        return files, folders
-
-    def computed_nothing(self) -> bool:
-        """Whether no result file appeared or changed since the record was taken."""
-        return self._listing()[0] == self.results
-
-    def undo(self, lock: HeldLock | None) -> None:
-        """Put the folder back as it was (call only when :meth:`computed_nothing`)."""
-        if not self.existed:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return
-        for name in _START_FILES:
-            path = self.dir / name
-            if name == LOCK_FILE and name in self.saved:
-                if lock is not None:
-                    lock.restore = True  # written back through the held descriptor
-            elif name in self.saved:
-                write_bytes_atomic(path, self.saved[name])
-            else:
-                path.unlink(missing_ok=True)
-        _, folders = self._listing()
-        for rel in sorted(folders - self.folders, key=len, reverse=True):
-            with contextlib.suppress(OSError):
-                (self.dir / rel).rmdir()  # only new, empty folders (a stage's output folder)
-
-
-def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
-    """Whether this start may use ``run_dir`` (the existing run's state, or None for a new run).
-
-    Reads only: a refused start leaves the folder as it was.
-    """
-    holder = lock_holder(run_dir)
-    if holder is not None:
-        raise busy_error(run_dir, holder)
-    return _check_run_dir_contents(config, run_dir, resume, force)
-
-
-def _check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
-    # Not lock_holder here: called under our own lock, whose file must not be opened and closed
-    # again (closing any descriptor of a file drops the process's POSIX locks on it).
-    state_path = run_dir / STATE_FILE
-    if state_path.exists():
-        if not resume:
-            raise ConfigError(
-                f"run folder {run_dir} already holds a run; pass --resume to continue it, "
-                "or choose another --run-dir"
-            )
-        state = RunState.load(state_path)
-        fingerprint = config.fingerprint()
-        if state.data.get("fingerprint") != fingerprint and not force:
-            raise ConfigError(
-                f"the config differs from the one {run_dir} was started with "
-                f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
-                f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
-            )
-        return state
-    if resume and run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
-    return None
-
-
-def _prepare_run_dir(
-    config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
-) -> RunState:
-    """Check the folder again (now under its lock), then record this start: config, manifest, state."""
-    state_path = run_dir / STATE_FILE
-    fingerprint = config.fingerprint()
-    state = _check_run_dir_contents(config, run_dir, resume, force)
-    if state is not None:
-        if state.data.get("fingerprint") != fingerprint:  # --force: recorded only now, as the run starts
-            state.data.setdefault("forced", []).append(
-                {"from": state.data.get("fingerprint"), "to": fingerprint}
-            )
-            state.data["fingerprint"] = fingerprint
-            state.data["finished"] = False
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = RunState.new(state_path, fingerprint)
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    _write_manifest(run_dir, config, command, resumed=resume and state_path.exists())
-    state.save()
-    return state
-
-
-def _load_task(config: RunConfig):
-    from selfimprove.tasks import get_task
-
-    t = config.task
-    if t.file is not None:
-        options: dict[str, Any] = {
-            "gold_field": t.gold_field,
-            "prompt_field": t.prompt_field,
-            "id_field": t.id_field,
-            "eval_fraction": t.eval_fraction,
-        }
-        if t.extractor is not None:
-            options["extractor"] = t.extractor
-        if t.extractor_options:
-            options["extractor_options"] = dict(t.extractor_options)
-        task = get_task(t.file, **options)
-    else:
-        instruction = (
-            t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
-        )
-        task = get_task(t.name, instruction=instruction)
-    system_prompt = t.system_prompt
-    if t.system_prompt_file is not None:
-        try:
-            system_prompt = Path(t.system_prompt_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"task.system_prompt_file: cannot read {t.system_prompt_file} ({exc})"
-            ) from None
-        if not system_prompt:
-            raise ConfigError(f"task.system_prompt_file: {t.system_prompt_file} is empty")
-    return SystemPromptTask(task, system_prompt) if system_prompt else task
-
-
-def _train_seed(config: RunConfig, r: int) -> int:
-    """Seed of round ``r``'s train prompts: fixed, or new prompts every round (``task.resample_each_round``)."""
-    return config.task.seed + (r if config.task.resample_each_round else 0)
-
-
-def _rendered(config: RunConfig, prompts: list[dict[str, Any]], skip: Set[str]) -> list[dict[str, Any]]:
-    """Prompt records as the run sends them: ``task.chat_template`` applied, skipped prompts left out."""
-    from selfimprove.generate.inputs import as_chat
-
-    out = [p for p in prompts if str(p["prompt_id"]) not in skip]
-    if config.task.chat_template:
-        out = [{**p, "prompt": as_chat(p["prompt"])} for p in out]
-    return out
-
-
-def _train_prompts(config: RunConfig, task, r: int, skip: Set[str] = frozenset()) -> list[dict[str, Any]]:
-    """The label-free split of round ``r``: prompt records only; the gold mapping is discarded right here.
-
-    ``skip``: prompt ids left out (too long for the model's context, ``task.long_prompts: skip``).
-    """
-    t = config.task
-    prompts, _gold_unused = task.make_split(
-        "train", n=t.train_size, seed=_train_seed(config, r), level=t.level
-    )
-    del _gold_unused  # the label-free path never holds gold
-    if not prompts:
-        raise InputError(f"task {getattr(task, 'name', '?')}: the train split is empty")
-    for rec in prompts:
-        leaked = GOLD_FIELDS & (set(rec) | set(rec.get("meta") or {}))
-        if leaked:
-            raise InputError(f"train prompt {rec.get('prompt_id')!r} carries gold field(s) {sorted(leaked)}")
-    prompts = _rendered(config, prompts, skip)
-    if not prompts:
-        raise InputError(
-            f"task {getattr(task, 'name', '?')}: every train prompt of round {r} is longer than the model's "
-            "context (task.long_prompts: skip left none)"
-        )
-    return prompts
-
-
-def _eval_split(
-    config: RunConfig, task, skip: Set[str] = frozenset()
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The evaluation split (prompts, gold), with ``task.chat_template`` applied and ``skip`` left out."""
-    t = config.task
-    prompts, gold = task.make_split("eval", n=t.eval_size, seed=t.seed, level=t.level)
-    prompts = _rendered(config, prompts, skip)
-    return prompts, {pid: g for pid, g in gold.items() if pid not in skip}
-
-
-def _prompt_origin(task, split: str, rec: Mapping[str, Any]) -> str:
-    """Where a prompt comes from, for error messages: ``file:line`` of a user task, else its id."""
-    line = (getattr(task, "lines", None) or {}).get(rec["prompt_id"])
-    if line is not None:
-        return f"{task.path}:{line}"
-    return f"task {getattr(task, 'name', '?')}, {split} prompt {rec['prompt_id']!r}"
-
-
-def _check_inputs(config: RunConfig, task, model_path: str) -> tuple[set[str], list[str]]:
-    """Every prompt the run will send, checked with the model's tokenizer before anything is written.
-
-    Returns the ids of prompts left out as too long (``task.long_prompts: skip``) and warnings for
-    the user: plain text sent to a model with a chat template, an empty eval split, skipped prompts.
-    Raises InputError on an empty prompt, a too-long one (unless skipped) or an empty train split.
-    """
-    from selfimprove.generate.inputs import check_prompts, context_length, has_chat_template, load_tokenizer
-
-    tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
-    if config.task.chat_template and not has_chat_template(tokenizer):
-        raise ConfigError(
-            f"task.chat_template: true, but the tokenizer of {model_path} has no chat template; "
-            "set task.chat_template: false (or null) to send plain-text prompts as they are"
-        )
-    g = config.generation
-    max_model_len = g.backend_options().get("max_model_len") if g.backend == "vllm" else None
-    context = context_length(model_path, max_model_len)
-    rounds = range(1, config.loop.rounds + 1) if config.task.resample_each_round else [1]
-    records: dict[str, tuple[str, dict[str, Any]]] = {}
-    for r in rounds:
-        for rec in _train_prompts(config, task, r):
-            records.setdefault(str(rec["prompt_id"]), ("train", rec))
-    eval_prompts, _gold = _eval_split(config, task)
-    for rec in eval_prompts:
-        records.setdefault(str(rec["prompt_id"]), ("eval", rec))
-    ids = list(records)
-    check = check_prompts(
-        tokenizer,
-        [records[pid][1]["prompt"] for pid in ids],
-        [_prompt_origin(task, split, rec) for split, rec in records.values()],
-        context=context,
-        skip_long=config.task.long_prompts == "skip",
-        skip_hint="task.long_prompts=skip",
-    )
-    skipped = {ids[i] for i in check.too_long}
-    warnings: list[str] = []
-    if skipped:
-        warnings.append(f"{check.summary()} (task.long_prompts: skip)")
-        for r in rounds:
-            _train_prompts(config, task, r, skipped)  # raises if a round has no prompt left
-    plain = any(isinstance(rec["prompt"], str) for _split, rec in records.values())
-    if plain and config.task.chat_template is None and has_chat_template(tokenizer):
-        warnings.append(
-            f"the prompts of task {getattr(task, 'name', '?')} are plain text, but the model has a chat "
-            "template: they are sent as raw text, which an instruct model may answer poorly; set "
-            "task.chat_template: true to render them with the template (false silences this warning)"
-        )
-    if not _eval_split(config, task, skipped)[0]:
-        warnings.append(f"{_empty_eval_reason(config, task)}: {EMPTY_EVAL_WARNING}")
-    return skipped, warnings
-
-
-EMPTY_EVAL_WARNING = (
-    "no accuracy can be measured (every eval metric stays '-') and the collapse guard has no "
-    "evaluation metrics to judge"
-)
-
-
-def _empty_eval_reason(config: RunConfig, task) -> str:
-    """Why the eval split is empty, for the warning."""
-    t = config.task
-    if t.file is None:
-        return "the eval split is empty"
-    n_gold = len(getattr(task, "gold", {}) or {})
-    if n_gold == 0:
-        return f"the eval split is empty: no row of {t.file} has a gold answer in {t.gold_field!r}"
-    return (
-        f"the eval split is empty: {n_gold} row(s) of {t.file} have a gold answer but none went to the "
-        f"eval split (task.eval_fraction {t.eval_fraction}, or their `split` fields)"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _extractor(config: RunConfig, task) -> Callable[[str], str | None]:
-    if config.scoring.extractor is not None:
-        from selfimprove.score.extract import get_extractor
-
-        return get_extractor(config.scoring.extractor, **config.scoring.extractor_options)
-    return task.extract
-
-
-def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for rec in records:
-        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
-    for recs in groups.values():
-        recs.sort(key=lambda r: r.get("sample_index", 0))
-    return groups
-
-
-def _build_rewards(config: RunConfig, task) -> list[tuple[str, Callable[..., list], float, bool]]:
-    """(name, reward function, weight, reads_gold) for every configured reward term."""
-    import inspect
-
-    from selfimprove.score.rewards import REWARDS, get_reward
-
-    ex_name, ex_options = _extractor_spec(config, task)
-    terms = []
-    for i, term in enumerate(config.scoring.rewards):
-        options = dict(term.options)
-        factory = REWARDS.get(term.name)
-        if factory is not None:
-            params = inspect.signature(factory).parameters
-            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-            # Rewards read answers the way the task does unless the config says otherwise.
-            if "extractor" not in options and ("extractor" in params or takes_any):
-                options["extractor"] = ex_name
-                if ex_options:
-                    options.setdefault("extractor_options", dict(ex_options))
-        if term.name in SUPERVISED_REWARDS and "math" not in options:
-            # The supervised baseline rewards exactly what evaluation counts as correct (the
-            # task's checker), not math-verify's looser equality (it reads "23, 10, 45" as the
-            # set {10, 23, 45} and "ACB" as the product A*B*C, so it rewarded unsorted lists).
-            options["check"] = task.check
-        label = (
-            term.name if all(t.name != term.name for t in config.scoring.rewards[:i]) else f"{term.name}_{i}"
-        )
-        try:
-            fn = get_reward(term.name, **options)
-        except ConfigError as exc:
-            raise ConfigError(f"scoring.rewards[{i}]: {exc}") from None
-        terms.append((label, fn, term.weight, term.name in SUPERVISED_REWARDS))
-    return terms
-
-
-def _extractor_spec(config: RunConfig, task) -> tuple[str, dict[str, Any]]:
-    """(extractor name, options): ``scoring.extractor`` if set, else the task's own."""
-    if config.scoring.extractor is not None:
-        return config.scoring.extractor, dict(config.scoring.extractor_options)
-    return task.extractor, dict(getattr(task, "extractor_options", None) or {})
-
-
-def _mark_train_subset(scored: list[dict[str, Any]], n_train: int | None, seed: int) -> None:
-    """Mark a seeded ``n_train`` subset of each prompt's samples ``in_train`` (vote on all, train on a few)."""
-    import random
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in scored:
-        groups.setdefault(str(rec["prompt_id"]), []).append(rec)
-    for pid, recs in groups.items():
-        keep = set(range(len(recs)))
-        if n_train is not None and n_train < len(recs):
-            keep = set(random.Random(f"{seed}|{pid}").sample(range(len(recs)), n_train))
-        for j, rec in enumerate(sorted(recs, key=lambda x: x.get("sample_index", 0))):
-            rec["in_train"] = j in keep
-
-
-def _prompt_text(prompt: Any) -> str:
-    """The question of a prompt: the text, or the last user message of a chat."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else str(prompt[-1].get("content", ""))
-
-
-def _sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int, seed: int):
-    from selfimprove.generate.base import Sampling
-
-    g = config.generation
-    return Sampling(
-        n=n, temperature=temperature, top_p=g.top_p, max_tokens=max_tokens, stop=tuple(g.stop), seed=seed
-    )
-
-
-def _generator_options(config: RunConfig) -> dict[str, Any]:
-    options = config.generation.backend_options()
-    if config.generation.backend == "vllm":
-        need = config.training.lora.rank
-        options.setdefault("enable_lora", True)
-        options.setdefault("max_lora_rank", next((r for r in _VLLM_LORA_RANKS if r >= need), need))
-        options.setdefault("seed", config.loop.seed)
-    if config.model.trust_remote_code and config.generation.backend in ("vllm", "hf"):
-        options.setdefault("trust_remote_code", True)
-    return options
-
-
-def _train_args(config: RunConfig) -> dict[str, Any]:
-    tr = config.training
-    args: dict[str, Any] = {
-        "num_train_epochs": tr.epochs,
-        "per_device_train_batch_size": tr.batch_size,
-        "gradient_accumulation_steps": tr.gradient_accumulation_steps,
-    }
-    if tr.learning_rate is not None:
-        args["learning_rate"] = tr.learning_rate
-    if tr.max_steps is not None:
-        args["max_steps"] = tr.max_steps
-    if tr.max_length is not None:
-        args["max_length"] = tr.max_length
-    if tr.method == "grpo":
-        args["num_generations"] = config.generation.n_train or config.generation.n
-        args["max_completion_length"] = config.generation.max_tokens
-        args["temperature"] = config.generation.temperature
-        args.pop("max_length", None)
-    args.update(tr.trl)
-    return args
-
-
-def _split_trainer_options(trainer: Callable[..., Any], options: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Options the trainer function takes as keywords (e.g. DPO ``beta``) vs. TRL config fields."""
-    import inspect
-
-    params = inspect.signature(trainer).parameters
-    reserved = {
-        "model",
-        "rows",
-        "pairs",
-        "prompts",
-        "out_dir",
-        "adapter_init",
-        "lora",
-        "args",
-        "seed",
-        "reward_funcs",
-        "allow_gold_columns",
-    }
-    kwargs = {k: v for k, v in options.items() if k in params and k not in reserved}
-    args = {k: v for k, v in options.items() if k not in kwargs}
-    return kwargs, args
-
-
-def _lora(config: RunConfig):
-    from selfimprove.train.common import LoraSettings
-
-    lo = config.training.lora
-    targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
-    alpha = int(lo.alpha) if float(lo.alpha).is_integer() else lo.alpha
-    return LoraSettings(r=lo.rank, alpha=alpha, dropout=lo.dropout, target_modules=targets)
-
-
-def _fmt(v: Any, width: int = 7) -> str:
-    if v is None:
-        return "-".rjust(width)
-    if isinstance(v, float):
-        return f"{v:.3f}".rjust(width)
-    return str(v).rjust(width)
-
-
-def round_table(history: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> str:
-    """The per-round table printed to the terminal (and put in the report)."""
-    kmax = max(ks)
-    cols = [
-        ("round", "round"),
-        ("pass@1", "eval/pass@1"),
-        (f"maj@{kmax}", f"eval/maj@{kmax}"),
-        (f"pass@{kmax}", f"eval/pass@{kmax}"),
-        ("maj.ratio", "eval/majority_ratio"),
-        ("entropy", "eval/answer_entropy"),
-        ("length", "eval/mean_length"),
-        ("lbl.acc", "train/label_accuracy"),
-        ("rows", "data/rows"),
-        ("loss", "train/loss"),
-        ("note", "note"),
-    ]
-    widths = [max(7, len(c[0])) for c in cols]
-    lines = ["  ".join(c[0].rjust(w) for c, w in zip(cols, widths, strict=True))]
-    for m in history:
-        cells = []
-        for (_title, key), w in zip(cols, widths, strict=True):
-            v = m.get(key)
-            if key == "note":
-                cells.append(str(v or ""))
-            elif key == "eval/mean_length" and isinstance(v, float):
-                cells.append(f"{v:.1f}".rjust(w))
-            else:
-                cells.append(_fmt(v, w))
-        lines.append("  ".join(cells).rstrip())
-    base = next((m.get("eval/constant_baseline") for m in history if "eval/constant_baseline" in m), None)
-    if isinstance(base, float):
-        lines.append(
-            f"(always giving the eval split's most common answer scores {_fmt(base, 0).strip()}: "
-            "pass@1 near it means the model ignores the question)"
-        )
-    if history:
-        lines += [f"(warning: {w})" for w in round_warnings(history[-1])]
-    return "\n".join(lines)
-
-
-# A round warns when at least this share of its eval samples (or of its votes) hit max_tokens.
-TRUNCATION_WARN_SHARE = 0.2
-
-
-def round_warnings(metrics: Mapping[str, Any]) -> list[str]:
-    """What a user must know about one round's numbers (printed under the round table, in the report)."""
-    r = metrics.get("round")
-    out = []
-    if metrics.get("eval/prompts") == 0:
-        out.append(f"the eval split is empty: {EMPTY_EVAL_WARNING}")
-    cut = metrics.get("eval/truncated_no_answer_rate")
-    if isinstance(cut, float) and cut >= TRUNCATION_WARN_SHARE:
-        out.append(
-            f"{cut:.0%} of round {r}'s eval samples stopped at the token limit before giving an answer: "
-            "raise generation.max_tokens / evaluation.max_tokens"
-        )
-    votes = metrics.get("train/truncated_vote_share")
-    if isinstance(votes, float) and votes >= TRUNCATION_WARN_SHARE:
-        out.append(
-            f"{votes:.0%} of round {r}'s votes came from samples cut at the token limit (their answers "
-            "were read from unfinished completions): raise generation.max_tokens, or set "
-            "scoring.vote_truncated: false to leave them out of the vote"
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +89,8 @@ class _Run:
         progress: bool,
         log: Callable[[str], None],
         generator: Any = None,
+        task: Any = None,
+        rewards: Sequence[Any] | None = None,
     ):
         """Resolve the model, load the task and check every prompt; nothing is written yet."""
         self.cfg = config
@@ -650,8 +99,14 @@ class _Run:
         self.progress = progress
         self.log = log
         self.model_path = resolve_model(config.model.path, progress=progress)
-        self.task = _load_task(config)
-        self.skip, self.warnings = _check_inputs(config, self.task, self.model_path)
+        self.task = task if task is not None else load_task(config)
+        self.user_terms = user_reward_terms(config, rewards) if rewards is not None else None
+        self.gold_rewards = (
+            gold_reward_labels(config)
+            if self.user_terms is None
+            else [name for name, _fn, _w, gold in self.user_terms if gold]
+        )
+        self.skip, self.warnings = check_inputs(config, self.task, self.model_path)
         self._generator = generator
         # A generator handed in by the caller is the caller's to close.
         self._owns_generator = generator is None
@@ -667,7 +122,7 @@ class _Run:
 
             self.log(f"starting the {self.cfg.generation.backend} generator on {self.model_path}")
             self._generator = build_generator(
-                self.cfg.generation.backend, self.model_path, **_generator_options(self.cfg)
+                self.cfg.generation.backend, self.model_path, **generator_options(self.cfg)
             )
         return self._generator
 
@@ -728,17 +183,17 @@ class _Run:
 
     def _train_gold(self, r: int) -> dict[str, str]:
         """Gold of round ``r``'s train split: only for evaluation diagnostics and SUPERVISED baselines."""
-        t = self.cfg.task
-        _prompts, gold = self.task.make_split(
-            "train", n=t.train_size, seed=_train_seed(self.cfg, r), level=t.level
-        )
-        return gold
+        return train_gold(self.cfg, self.task, r)
+
+    def reward_terms(self) -> list[tuple[str, Callable[..., list], float, bool]]:
+        """(name, function, weight, reads_gold): the functions given to run(), else the config's rewards."""
+        return self.user_terms if self.user_terms is not None else build_rewards(self.cfg, self.task)
 
     # -- stages -----------------------------------------------------------------------------
     def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         g = self.cfg.generation
-        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
-        sampling = _sampling(
+        prompts = train_prompts(self.cfg, self.task, r, self.skip)
+        sampling = make_sampling(
             self.cfg,
             n=g.n,
             temperature=g.temperature,
@@ -749,64 +204,23 @@ class _Run:
         return {"tokens": sum(int(x.get("completion_tokens") or 0) for x in recs), "rollouts": len(recs)}
 
     def stage_score(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
-        from selfimprove.score.diagnostics import score_rollouts
-
         rollouts = read_jsonl(rdir / "rollouts.jsonl")
-        terms = _build_rewards(self.cfg, self.task)
-        label_free = {name: (fn, w) for name, fn, w, gold in terms if not gold}
-        supervised = [(name, fn, w) for name, fn, w, gold in terms if gold]
         paraphrase_labels = (
             self._paraphrase_labels(r, rdir, adapter) if self.cfg.scoring.paraphrase.enabled else None
         )
-        if paraphrase_labels is not None:
-            # Per-prompt columns travel in ``meta``: score_rollouts hands meta fields to the rewards.
-            rollouts = [
-                {
-                    **x,
-                    "meta": {
-                        **(x.get("meta") or {}),
-                        "paraphrase_label": paraphrase_labels.get(str(x["prompt_id"])),
-                    },
-                }
-                for x in rollouts
-            ]
-        judge_scores = None
-        if self.cfg.scoring.judge is not None:
-            judge_scores, judge_report = self._judge(rollouts, adapter, r)
-            # Read back by compute_metrics (judge/failure_rate, judge/position_consistency, ...).
-            write_json_atomic(rdir / "judge_report.json", judge_report)
-        ex_name, ex_options = _extractor_spec(self.cfg, self.task)
-        scored = score_rollouts(
+        judge = (lambda recs: self._judge(recs, adapter, r)) if self.cfg.scoring.judge is not None else None
+        scored, judge_report = score_round(
+            self.cfg,
+            self.task,
+            r,
             rollouts,
-            ex_name,
-            # The default (majority-vote agreement) only when no reward is configured at all: a
-            # SUPERVISED run with only gold terms is rewarded by them alone, not vote + gold.
-            label_free if terms else None,
-            extractor_options=ex_options,
-            min_share=self.cfg.scoring.min_majority_ratio,
-            judge_scores=judge_scores,
-            vote_truncated=self.cfg.scoring.vote_truncated,
+            paraphrase_labels=paraphrase_labels,
+            judge=judge,
+            terms=self.reward_terms(),
         )
-        if judge_scores is not None:
-            w = self.cfg.scoring.judge.weight
-            for rec in scored:
-                js = rec.get("judge_score")
-                rec["rewards"]["judge"] = js
-                if js is not None:
-                    rec["reward"] = (rec["reward"] or 0.0) + w * js
-        if supervised:
-            # SUPERVISED baseline only (`supervised: true` was required to get here): the gold
-            # column reaches the verifier reward and nothing else.
-            gold = self._train_gold(r)
-            column = [gold.get(str(x["prompt_id"])) for x in scored]
-            completions = [x["completion"] for x in scored]
-            for name, fn, w in supervised:
-                values = fn(completions, answer=column, prompt_id=[x["prompt_id"] for x in scored])
-                for rec, v in zip(scored, values, strict=True):
-                    rec["rewards"][name] = v
-                    if v is not None:
-                        rec["reward"] = (rec["reward"] or 0.0) + w * float(v)
-        _mark_train_subset(scored, self.cfg.generation.n_train, seed=self.cfg.loop.seed + r)
+        if judge_report is not None:
+            # Read back by round_metrics (judge/failure_rate, judge/position_consistency, ...).
+            write_json_atomic(rdir / "judge_report.json", judge_report)
         write_jsonl_atomic(rdir / "scores.jsonl", scored)
         return {"scored": len(scored)}
 
@@ -821,8 +235,7 @@ class _Run:
         judge's report (counts, failure rate, position consistency) with NaN as None.
         """
         from selfimprove.generate import build_generator
-        from selfimprove.generate.base import Sampling
-        from selfimprove.score.judges import PairwiseJudge, PointwiseJudge, pairwise_sampling
+        from selfimprove.score.judging import build_rollout_judge, judge_rollouts
 
         jc = self.cfg.scoring.judge
         if jc.model == "policy":
@@ -831,133 +244,52 @@ class _Run:
             if self._judge_generator is None:
                 self._judge_generator = build_generator(self.cfg.generation.backend, jc.model)
             gen, judge_adapter = self._judge_generator, None
-        options = dict(jc.options)
-        opponents = options.pop("opponents", "all")
-        # Sampling of the judge's replies from plain keys (a YAML file cannot build a Sampling).
-        sampling_keys = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
-        n = int(options.get("n_repeats", 1))
-        if jc.kind == "pairwise":
-            # Always built here: seeded (reproducible sampled judgements); the judge's own
-            # sampling otherwise (letters and top-k log-probabilities in logprob mode).
-            options["sampling"] = pairwise_sampling(
-                n_repeats=n,
-                temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
-                max_tokens=sampling_keys.get("max_tokens"),
-                seed=self.cfg.loop.seed * 1000 + r,
-                **{k: options[k] for k in ("mode", "top_logprobs") if k in options},
-            )
-        elif sampling_keys:
-            options["sampling"] = Sampling(
-                n=n,
-                temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
-                max_tokens=sampling_keys.get("max_tokens", 256),
-            )
-        cls = PairwiseJudge if jc.kind == "pairwise" else PointwiseJudge
-        try:
-            judge = cls(gen, adapter=judge_adapter, progress=self.progress, **options)
-        except TypeError as exc:
-            raise ConfigError(f"scoring.judge.options: {exc}") from None
-        if jc.kind == "pointwise":
-            questions = [_prompt_text(x["prompt"]) for x in rollouts]
-            scores = judge.score(questions, [x["completion"] for x in rollouts])
-        else:
-            # Groups of one prompt's rollouts (in sample order); scores mapped back to rollout order.
-            groups: dict[str, list[int]] = {}
-            for k, x in enumerate(rollouts):
-                groups.setdefault(str(x["prompt_id"]), []).append(k)
-            for idx in groups.values():
-                idx.sort(key=lambda k: rollouts[k].get("sample_index", 0))
-            pids = list(groups)
-            table = judge.tournament(
-                [_prompt_text(rollouts[groups[p][0]]["prompt"]) for p in pids],
-                [[rollouts[k]["completion"] for k in groups[p]] for p in pids],
-                opponents=opponents,
-                seeds=[f"{self.cfg.loop.seed}|{r}|{p}" for p in pids],
-            )
-            scores = [None] * len(rollouts)
-            for p, row in zip(pids, table, strict=True):
-                for k, v in zip(groups[p], row, strict=True):
-                    scores[k] = v
-        report: dict[str, Any] = {"kind": jc.kind}
-        for key, value in judge.report().items():
-            report[key] = None if isinstance(value, float) and math.isnan(value) else value
-        report["scored_rate"] = sum(v is not None for v in scores) / len(scores) if scores else 0.0
-        return scores, report
+        judge, opponents = build_rollout_judge(
+            jc.kind,
+            gen,
+            jc.options,
+            adapter=judge_adapter,
+            seed=self.cfg.loop.seed * 1000 + r,
+            progress=self.progress,
+            where="scoring.judge.options",
+        )
+        return judge_rollouts(judge, rollouts, opponents=opponents, seed=f"{self.cfg.loop.seed}|{r}")
 
     def _paraphrase_labels(self, r: int, rdir: Path, adapter: str | None) -> dict[str, str | None]:
         """Co-Reward: the policy's voted answer on a paraphrase of each train question."""
-        from selfimprove.score.rewards import make_paraphrases
-        from selfimprove.score.vote import majority_vote
+        from selfimprove.score.paraphrase import paraphrased_prompts, voted_labels
 
         pc = self.cfg.scoring.paraphrase
-        prompts = _train_prompts(self.cfg, self.task, r, self.skip)
-        cache = self.dir / "paraphrases.jsonl"
-        if not cache.exists():
-            # Made once, by the base model, and kept: every round votes on the same rewrites.
-            questions = [_prompt_text(p["prompt"]) for p in prompts]
-            if pc.model is not None:
-                from selfimprove.generate import build_generator
 
-                writer = build_generator(self.cfg.generation.backend, pc.model)
-                try:
-                    rewrites = make_paraphrases(writer, questions, pc.template)
-                finally:
-                    writer.close()
-            else:
-                rewrites = make_paraphrases(self.generator, questions, pc.template)
-            made = sum(t is not None for t in rewrites)
-            self.log(f"co-reward: {made}/{len(questions)} paraphrases kept (prompts without one abstain)")
-            write_jsonl_atomic(
-                cache,
-                [
-                    {"prompt_id": p["prompt_id"], "paraphrase": t}
-                    for p, t in zip(prompts, rewrites, strict=True)
-                ],
-            )
-        rewrites = {x["prompt_id"]: x["paraphrase"] for x in read_jsonl(cache)}
-        para_prompts = [
-            {
-                "prompt_id": p["prompt_id"],
-                "prompt": [{"role": "user", "content": rewrites[p["prompt_id"]]}],
-                "meta": {},
-            }
-            for p in prompts
-            if rewrites.get(p["prompt_id"])
-        ]
+        def writer():
+            # Made once, by the base model (or paraphrase.model), and kept: every round votes on the same rewrites.
+            if pc.model is None:
+                return self.generator, lambda: None
+            from selfimprove.generate import build_generator
+
+            gen = build_generator(self.cfg.generation.backend, pc.model)
+            return gen, gen.close
+
+        prompts = train_prompts(self.cfg, self.task, r, self.skip)
+        para_prompts = paraphrased_prompts(
+            prompts, self.dir / "paraphrases.jsonl", writer, template=pc.template, log=self.log
+        )
         g = self.cfg.generation
-        sampling = _sampling(
+        sampling = make_sampling(
             self.cfg,
             n=pc.n or g.n,
             temperature=g.temperature,
             max_tokens=g.max_tokens,
             seed=self.cfg.loop.seed * 1000 + 250 + r,
         )
-        recs = (
-            self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
-            if para_prompts
-            else []
-        )
-        extract = _extractor(self.cfg, self.task)
-        answers: dict[str, list[str | None]] = {}
-        for x in recs:
-            answers.setdefault(str(x["prompt_id"]), []).append(extract(x["completion"]))
-        return {pid: majority_vote(a).pseudo_label for pid, a in answers.items()}
+        if not para_prompts:
+            return {}
+        recs = self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
+        return voted_labels(recs, task_extractor(self.cfg, self.task))
 
     def stage_build(self, r: int, rdir: Path) -> dict[str, Any]:
-        from selfimprove.data import build
-
         scored = [s for s in read_jsonl(rdir / "scores.jsonl") if s.get("in_train", True)]
-        method = self.cfg.training.method
-        if method == "sft":
-            rows, stats = build.build_sft_rows(scored, **self.cfg.data.sft)
-        elif method == "dpo":
-            rows, stats = build.build_dpo_pairs(scored, **self.cfg.data.dpo)
-        else:
-            rows, stats = build.build_grpo_prompts(scored, **self.cfg.data.grpo)
-        for i, row in enumerate(rows):
-            leaked = GOLD_FIELDS & set(row)
-            if leaked and not self.cfg.supervised:
-                raise InputError(f"internal error: training row {i} carries gold field(s) {sorted(leaked)}")
+        rows, stats = build_round_data(self.cfg, scored, r, gold_rewards=self.gold_rewards)
         write_jsonl_atomic(rdir / "train_data.jsonl", rows)
         write_json_atomic(rdir / "build_stats.json", stats.to_dict())
         info = {"rows": len(rows), "build": stats.summary()}
@@ -972,39 +304,25 @@ class _Run:
         if tmp.exists():
             shutil.rmtree(tmp)  # a half-trained adapter from a killed run: train again
         init = self._abs(adapter) if self.cfg.training.init == "continue" else None
-        common = {"adapter_init": init, "lora": _lora(self.cfg), "seed": self.cfg.loop.seed + r}
-        method = self.cfg.training.method
-        if method == "sft":
-            from selfimprove.train.sft import train_sft as trainer
-        elif method == "dpo":
-            from selfimprove.train.dpo import train_dpo as trainer
-        else:
-            from selfimprove.train.grpo import train_grpo as trainer
-        kwargs, args = _split_trainer_options(trainer, _train_args(self.cfg))
-        if not self.progress:
-            args.setdefault("disable_tqdm", True)  # --no-progress also quiets TRL's bars
-        if method == "grpo":
-            terms = _build_rewards(self.cfg, self.task)
-            reads_gold = any(gold for *_x, gold in terms)
-            if reads_gold and not self.cfg.supervised:
-                raise ConfigError("a gold-reading reward needs `supervised: true`")
-            if reads_gold:
-                # SUPERVISED baseline: the verifier reward reads the gold column during training.
-                gold = self._train_gold(r)
-                rows = [{**row, "answer": gold.get(str(row["prompt_id"]))} for row in rows]
-                kwargs["allow_gold_columns"] = True
-            kwargs["reward_funcs"] = [fn for _n, fn, _w, _g in terms]
-            args.setdefault("reward_weights", [w for _n, _f, w, _g in terms])
-        result = trainer(self.model_path, rows, out_dir=tmp, args=args, **common, **kwargs)
+        terms = self.reward_terms() if self.cfg.training.method == "grpo" else ()
+        gold = self._train_gold(r) if any(g for *_x, g in terms) else None
+        result = train_round(
+            self.cfg,
+            self.model_path,
+            rows,
+            tmp,
+            r,
+            adapter_init=init,
+            terms=terms,
+            gold=gold,
+            progress=self.progress,
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        try:
-            from selfimprove.train.adapters import set_adapter_round
+        from selfimprove.train.adapters import set_adapter_round
 
-            set_adapter_round(final, r)
-        except ImportError:
-            pass
+        set_adapter_round(final, r)
         losses = [x for x in result.loss_history if x is not None]
         return {
             # Relative to the run folder, so a moved or copied run folder still resumes.
@@ -1017,8 +335,8 @@ class _Run:
 
     def stage_evaluate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
         ev = self.cfg.evaluation
-        prompts, gold = _eval_split(self.cfg, self.task, self.skip)
-        sampling = _sampling(
+        prompts, gold = eval_split(self.cfg, self.task, self.skip)
+        sampling = make_sampling(
             self.cfg,
             n=ev.n,
             temperature=ev.temperature,
@@ -1030,84 +348,6 @@ class _Run:
             "eval_rollouts": len(recs),
             "tokens_eval": sum(int(x.get("completion_tokens") or 0) for x in recs),
         }
-
-    def compute_metrics(self, r: int, rdir: Path) -> dict[str, Any]:
-        """Every metric of round ``r`` from the files of its folder (gold read here only)."""
-        from selfimprove.loop.metrics import evaluate_answers
-        from selfimprove.score.diagnostics import group_diagnostics, truncated_vote_share
-
-        rs = self.state.round(r)
-        m: dict[str, Any] = {"round": r}
-        extract = _extractor(self.cfg, self.task)
-        # The size of the eval split: 0 means every eval metric is missing (round_table warns).
-        m["eval/prompts"] = len(_eval_split(self.cfg, self.task, self.skip)[0])
-        ev_recs = read_jsonl(rdir / "eval" / "rollouts.jsonl")
-        if ev_recs:
-            groups = _group(ev_recs)
-            answers = {pid: [extract(x["completion"]) for x in recs] for pid, recs in groups.items()}
-            _prompts, gold = _eval_split(self.cfg, self.task, self.skip)
-            with_gold = {pid: a for pid, a in answers.items() if pid in gold}
-            if with_gold:
-                ks = [k for k in self.cfg.evaluation.k if k <= min(len(a) for a in with_gold.values())]
-                acc = evaluate_answers(with_gold, gold, self.task.check, ks=ks)
-                m.update({f"eval/{k}": v for k, v in acc.items()})
-            m.update({f"eval/{k}": v for k, v in group_diagnostics(groups, answers).items()})
-        scores_path = rdir / "scores.jsonl"
-        if scores_path.exists():
-            scored = read_jsonl(scores_path)
-            groups = _group(scored)
-            answers = {pid: [x.get("extracted") for x in recs] for pid, recs in groups.items()}
-            m.update({f"train/{k}": v for k, v in group_diagnostics(groups, answers).items()})
-            rewards = [x["reward"] for x in scored if x.get("reward") is not None]
-            if rewards:
-                mean = sum(rewards) / len(rewards)
-                m["train/reward_mean"] = mean
-                m["train/reward_std"] = math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards))
-            m["train/abstain_rate"] = sum(
-                recs[0].get("pseudo_label") is None for recs in groups.values()
-            ) / max(1, len(groups))
-            m["train/truncated_vote_share"] = truncated_vote_share(scored)
-            # Diagnostics of the pseudo-labels against gold: evaluation only, computed after the
-            # round's data was built and trained on, never fed back.
-            train_gold = self._train_gold(r)
-            labelled = [(recs[0].get("pseudo_label"), train_gold.get(pid)) for pid, recs in groups.items()]
-            labelled = [(p, g) for p, g in labelled if g is not None and p is not None]
-            if labelled:
-                m["train/label_accuracy"] = sum(self.task.check(p, g) for p, g in labelled) / len(labelled)
-            pairs = []
-            for pid, recs in groups.items():
-                g = train_gold.get(pid)
-                if g is None:
-                    continue
-                for x in recs:
-                    if x.get("reward") is None:
-                        continue
-                    # A reward is "right" when it is positive exactly for the correct samples.
-                    pairs.append((x["reward"] > 0) == bool(self.task.check(x.get("extracted"), g)))
-            if pairs:
-                m["train/reward_accuracy"] = sum(pairs) / len(pairs)
-        judge_path = rdir / "judge_report.json"
-        if judge_path.exists():
-            # The judge's own counts: parse-failure rate, position consistency (pairwise), ...
-            for key, value in read_json(judge_path).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    m[f"judge/{key}"] = value
-        if "rows" in rs:
-            m["data/rows"] = rs["rows"]
-        for key, name in (
-            ("train_loss", "train/loss"),
-            ("train_steps", "train/steps"),
-            ("train_tokens", "train/tokens"),
-            ("tokens", "generate/tokens"),
-            ("tokens_eval", "evaluate/tokens"),
-        ):
-            if rs.get(key) is not None:
-                m[name] = rs[key]
-        for stage, secs in rs.get("seconds", {}).items():
-            m[f"time/{stage}"] = secs
-        if rs.get("skipped_training"):
-            m["note"] = "no data: training skipped"
-        return m
 
     # -- loop -------------------------------------------------------------------------------
     def _stage(self, r: int, stage: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -1121,7 +361,7 @@ class _Run:
 
     def _finish_round(self, r: int, rdir: Path) -> dict[str, Any]:
         def metrics() -> dict[str, Any]:
-            m = self.compute_metrics(r, rdir)
+            m = round_metrics(self.cfg, self.task, r, rdir, self.state.round(r), self.skip)
             write_json_atomic(rdir / "metrics.json", m)
             return {}
 
@@ -1132,16 +372,17 @@ class _Run:
 
     def history(self) -> list[dict[str, Any]]:
         """Metrics of every finished round, in round order."""
-        out = []
-        for r in sorted(int(k) for k in self.state.data["rounds"]):
-            p = round_dir(self.dir, r) / "metrics.json"
-            if p.exists() and self.state.done(r, "metrics"):
-                m = read_json(p)
-                guard = next((g for g in self.state.data["guard"] if g["round"] == r), None)
-                if guard and guard["collapsed"]:
-                    m["note"] = (m.get("note", "") + " collapse").strip()
-                out.append(m)
-        return out
+        return round_history(self.dir, self.state)
+
+    def _guard(self, r: int, m: Mapping[str, Any]) -> str | None:
+        """Apply the collapse guard to round ``r``; return "stop", "rollback" or None."""
+        return apply_guard(self.cfg.loop.guard, self.state, r, m, self.history, self.log)
+
+    def summarize(self) -> dict[str, Any]:
+        """Mark the run finished and write summary.json (best round, adapters, guard events, history)."""
+        summary = run_summary(self.cfg, self.state, self.history(), self._abs, self.warnings, self.skip)
+        write_json_atomic(self.dir / "summary.json", summary)
+        return summary
 
     def _write_history(self) -> None:
         hist = self.history()
@@ -1158,30 +399,6 @@ class _Run:
                 if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     tb.add_scalar(key, value, last["round"])
             tb.flush()
-
-    def _guard(self, r: int, m: Mapping[str, Any]) -> str | None:
-        """Apply the collapse guard to round ``r``; return "stop", "rollback" or None."""
-        gcfg = self.cfg.loop.guard
-        if not gcfg.enabled or r == 0:
-            return None
-        if any(g["round"] == r for g in self.state.data["guard"]):
-            decision = next(g for g in self.state.data["guard"] if g["round"] == r)
-        else:
-            hist = self.history()
-            ref = next((h for h in hist if h["round"] == 0), hist[0] if hist else None)
-            if ref is None or ref["round"] == r:
-                return None
-            decision = check_collapse(ref, m, round=r, **guard_settings(gcfg)).to_dict()
-            self.state.data["guard"].append(decision)
-            self.state.save()
-        if not decision["collapsed"]:
-            return None
-        self.log(f"round {r}: collapse guard: " + "; ".join(decision["reasons"]))
-        if gcfg.action == "warn":
-            return None
-        if gcfg.action == "rollback" and self.state.data.get("rollbacks", 0) < gcfg.max_rollbacks:
-            return "rollback"
-        return "stop"
 
     def run_loop(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -1248,36 +465,6 @@ class _Run:
                 return self.state.round(prev).get("adapter")
         return None
 
-    def summarize(self) -> dict[str, Any]:
-        hist = self.history()
-        collapsed = [g["round"] for g in self.state.data["guard"] if g["collapsed"]]
-        best, score = best_round(hist, collapsed)
-        best_adapter = None
-        if best is not None and best > 0:
-            best_adapter = self._abs(self.state.round(best).get("adapter"))
-        self.state.data["finished"] = True
-        self.state.save()
-        summary = {
-            "completed": True,  # written only when the loop has ended (all rounds, or stopped)
-            "name": self.cfg.name,
-            "supervised": self.cfg.supervised,
-            "rounds_completed": max((h["round"] for h in hist), default=0),
-            "stopped": self.state.data.get("stopped"),
-            "best_round": best,
-            "best_round_score": score,
-            "best_round_rule": "highest mean majority ratio on eval prompts among rounds the guard did not flag (no gold)",
-            "best_adapter": best_adapter,
-            "final_adapter": self._abs(self.state.data.get("adapter")),
-            "collapsed_rounds": collapsed,
-            "guard": self.state.data["guard"],
-            # What the start's checks found: warnings, and prompts left out as too long.
-            "warnings": list(self.warnings),
-            "skipped_prompts": sorted(self.skip),
-            "history": hist,
-        }
-        write_json_atomic(self.dir / "summary.json", summary)
-        return summary
-
 
 def run(
     config: RunConfig,
@@ -1289,32 +476,43 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     generator: Any = None,
+    task: Any = None,
+    rewards: Sequence[Callable[..., Any] | tuple[Callable[..., Any], float]] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the rounds of ``config`` in ``run_dir``; return the run summary.
 
+    ``config``: a :class:`RunConfig` or a plain dict of the same keys (``load_config`` checks it).
     ``generator``: an already running engine on the same base model (e.g. a ``VLLMGenerator`` with
     LoRA enabled) to use instead of building one; the caller keeps ownership and closes it.
+    ``task``: a :class:`selfimprove.tasks.Task` object to use instead of the config's ``task``
+    section (its ``make_split``, ``extract`` and ``check``). ``rewards``: reward functions in TRL's
+    call shape (or ``(function, weight)`` pairs) to use instead of ``scoring.rewards``. Neither is
+    part of the config's hash: a resume with other ones is not detected.
     """
+    if isinstance(config, Mapping):
+        from selfimprove.loop.config import load_config
+
+        config = load_config(config)
     if not isinstance(config, RunConfig):
         raise ConfigError(
-            f"run() takes a RunConfig (see selfimprove.loop.config.load_config), got {type(config).__name__}"
+            f"run() takes a RunConfig or a dict (see selfimprove.load_config), got {type(config).__name__}"
         )
     out = resolve_run_dir(config, run_dir)
     logger = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     # Every check before the run folder is touched: the folder (reads only), the model, the task
     # and its data files, every prompt against the model's tokenizer (the config and its options
     # were checked when it loaded). A start refused here leaves the folder as it was, or absent.
-    _check_run_dir(config, out, resume, force)
-    runner = _Run(config, out, progress, logger, generator=generator)
+    check_run_dir(config, out, resume, force)
+    runner = _Run(config, out, progress, logger, generator=generator, task=task, rewards=rewards)
     if generator is not None:
         given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
         if given != Path(runner.model_path).resolve():
             raise ConfigError(f"the generator serves {given}, but model.path resolves to {runner.model_path}")
     for warning in runner.warnings:
         logger(f"WARNING: {warning}")
-    record = _StartRecord(out)
-    with _run_dir_lock(out) as lock:
-        runner.state = _prepare_run_dir(config, out, resume, force, command)
+    record = StartRecord(out)
+    with folder_lock(out) as lock:
+        runner.state = prepare_run_dir(config, out, resume, force, command)
         try:
             try:
                 return runner.run_loop()

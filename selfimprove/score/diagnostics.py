@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from selfimprove.errors import InputError
+from selfimprove.gold import check_record_no_gold
 from selfimprove.score.extract import answers_equal, get_extractor
-from selfimprove.score.rewards import check_no_gold, completion_text, pseudo_label_reward
+from selfimprove.score.rewards import completion_text, pseudo_label_reward
 from selfimprove.score.vote import Vote, majority_vote
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,7 @@ def score_rollouts(
         for key in ("prompt_id", "completion"):
             if key not in r:
                 raise InputError(f"rollout {i}: missing field {key!r}")
-        check_no_gold(list(r), f"rollout {i} (label-free scoring)")
-        meta = r.get("meta") or {}
-        check_no_gold(
-            list(meta) if isinstance(meta, Mapping) else [], f"rollout {i} meta (label-free scoring)"
-        )
+        check_record_no_gold(r, f"rollout {i} (label-free scoring)")
         rec = dict(r)
         rec["extracted"] = ex(completion_text(r["completion"]))
         if not vote_truncated and r.get("finish_reason") == "length":
@@ -263,9 +260,11 @@ def compute_diagnostics(
 ) -> dict[str, Any]:
     """Label-free health metrics of scored rollouts; with ``gold`` (evaluation only) accuracies.
 
-    Per-prompt metrics are averaged over prompts. Label accuracy = share of voted prompts whose
-    pseudo-label equals gold; reward accuracy = share of samples (of voted prompts) whose
-    majority-vote reward (agrees with the pseudo-label) equals their true correctness.
+    Per-prompt metrics are averaged over prompts. ``label_accuracy`` and ``reward_accuracy`` are
+    :func:`selfimprove.eval.label_accuracy` and :func:`selfimprove.eval.reward_accuracy` (the same
+    definitions as the loop's ``train/label_accuracy`` and ``train/reward_accuracy``): the share of
+    voted prompts whose pseudo-label is correct, and the share of scored samples whose ``reward`` is
+    positive exactly when the sample is correct.
     """
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for i, rec in enumerate(scored):
@@ -321,27 +320,19 @@ def compute_diagnostics(
         out["rewards"][name] = _stats([(r.get("rewards") or {}).get(name) for r in scored])
 
     if gold is not None:
-        label_hits, label_n, missing = 0, 0, 0
-        reward_hits, reward_n, correct = 0, 0, []
-        for pid, recs in groups.items():
-            if pid not in gold:
-                missing += 1
-                continue
-            g = gold[pid]
-            pseudo = recs[0].get("pseudo_label")
-            for r in recs:
-                correct.append(answers_equal(r.get("extracted"), g, math=math))
-            if pseudo is None:
-                continue
-            label_n += 1
-            label_hits += int(answers_equal(pseudo, g, math=math))
-            for r in recs:
-                agrees = answers_equal(r.get("extracted"), pseudo, math=math)
-                is_right = answers_equal(r.get("extracted"), g, math=math)
-                reward_hits += int(agrees == is_right)
-                reward_n += 1
-        out["label_accuracy"] = label_hits / label_n if label_n else None
-        out["reward_accuracy"] = reward_hits / reward_n if reward_n else None
+        from selfimprove.eval.metrics import label_accuracy, reward_accuracy
+
+        def check(pred: str | None, g: Any) -> bool:
+            return answers_equal(pred, g, math=math)
+
+        gold = {str(pid): g for pid, g in gold.items()}
+        pseudo = {pid: recs[0].get("pseudo_label", votes[pid].pseudo_label) for pid, recs in groups.items()}
+        samples = [(pid, r.get("reward"), r.get("extracted")) for pid, recs in groups.items() for r in recs]
+        out["label_accuracy"] = label_accuracy(pseudo, gold, check)
+        out["reward_accuracy"] = reward_accuracy(samples, gold, check)
+        correct = [
+            check(r.get("extracted"), gold[pid]) for pid, recs in groups.items() if pid in gold for r in recs
+        ]
         out["sample_accuracy"] = _mean([float(c) for c in correct])
-        out["gold_missing_prompts"] = missing
+        out["gold_missing_prompts"] = sum(pid not in gold for pid in groups)
     return out

@@ -363,10 +363,8 @@ def get_extractor(name: str | Callable[[str], str | None], **options: Any) -> Ex
 
 def _math_equal(a: str, b: str) -> bool:
     """Equivalence through math-verify; any parser failure or timeout counts as not equal."""
-    try:
-        from math_verify import parse, verify
-    except ImportError:  # math-verify is a dependency; without it fall back to string equality
-        return False
+    from math_verify import parse, verify  # a dependency: a broken install fails here, loudly
+
     # math-verify's timeouts use signal.alarm, which only works in the main thread.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     try:

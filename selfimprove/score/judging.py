@@ -21,8 +21,9 @@ both answer sets into one judgement (one item), as set-level judges in the liter
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,3 +259,112 @@ __all__ = [
     "compare_output_sets",
     "set_item",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging the rollouts of a round (self-rewarding)
+# ---------------------------------------------------------------------------------------------
+
+
+def prompt_text(prompt: Any) -> str:
+    """The question of a prompt: the text, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else str(prompt[-1].get("content", ""))
+
+
+def build_rollout_judge(
+    kind: str,
+    generator: Any,
+    options: Mapping[str, Any] | None = None,
+    *,
+    adapter: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    where: str = "judge options",
+) -> tuple[Any, Any]:
+    """A pointwise or pairwise judge from plain options (as a YAML config gives them); returns (judge, opponents).
+
+    ``options`` are the judge's constructor keywords plus ``max_tokens`` and ``temperature`` (the
+    judge's sampling, built here: a YAML file cannot build a ``Sampling``) and, pairwise,
+    ``opponents`` (``"all"`` or a number of opponents per rollout). A pairwise judge samples seeded
+    with ``seed``. An unknown option is a ConfigError that starts with ``where``.
+    """
+    from selfimprove.generate.base import Sampling
+    from selfimprove.score.judges import PointwiseJudge, pairwise_sampling
+
+    if kind not in ("pointwise", "pairwise"):
+        raise ConfigError(f"judge kind must be 'pointwise' or 'pairwise', got {kind!r}")
+    options = dict(options or {})
+    opponents = options.pop("opponents", "all")
+    sampling_keys = {k: options.pop(k) for k in ("max_tokens", "temperature") if k in options}
+    n = int(options.get("n_repeats", 1))
+    if kind == "pairwise":
+        # Always built here: seeded (reproducible sampled judgements); the judge's own sampling
+        # otherwise (letters and top-k log-probabilities in logprob mode).
+        options["sampling"] = pairwise_sampling(
+            n_repeats=n,
+            temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
+            max_tokens=sampling_keys.get("max_tokens"),
+            seed=seed,
+            **{k: options[k] for k in ("mode", "top_logprobs") if k in options},
+        )
+    elif sampling_keys:
+        options["sampling"] = Sampling(
+            n=n,
+            temperature=sampling_keys.get("temperature", 0.0 if n == 1 else 0.7),
+            max_tokens=sampling_keys.get("max_tokens", 256),
+        )
+    cls = PairwiseJudge if kind == "pairwise" else PointwiseJudge
+    try:
+        judge = cls(generator, adapter=adapter, progress=progress, **options)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return judge, opponents
+
+
+def judge_rollouts(
+    judge: Any,
+    rollouts: Sequence[Mapping[str, Any]],
+    *,
+    opponents: int | str = "all",
+    seed: Any = 0,
+) -> tuple[list[float | None], dict[str, Any]]:
+    """Judge scores of rollout records (``prompt_id``, ``prompt``, ``completion``), in rollout order, and the judge's report.
+
+    A pointwise judge scores each rollout on its rubric. A pairwise judge scores each rollout by its
+    mean soft win probability against the other rollouts of the same prompt (``opponents`` per
+    rollout, both orders judged, failures left out; None without a valid comparison); ``seed``
+    fixes which opponents are drawn (with the prompt id). The report holds the judge's counts
+    (failure rate, position consistency, ...; NaN as None) and ``scored_rate``.
+    """
+    if isinstance(judge, PairwiseJudge):
+        # Groups of one prompt's rollouts (in sample order); scores mapped back to rollout order.
+        groups: dict[str, list[int]] = {}
+        for k, x in enumerate(rollouts):
+            groups.setdefault(str(x["prompt_id"]), []).append(k)
+        for idx in groups.values():
+            idx.sort(key=lambda k: rollouts[k].get("sample_index", 0))
+        pids = list(groups)
+        table = judge.tournament(
+            [prompt_text(rollouts[groups[p][0]]["prompt"]) for p in pids],
+            [[rollouts[k]["completion"] for k in groups[p]] for p in pids],
+            opponents=opponents,
+            seeds=[f"{seed}|{p}" for p in pids],
+        )
+        scores: list[float | None] = [None] * len(rollouts)
+        for p, row in zip(pids, table, strict=True):
+            for k, v in zip(groups[p], row, strict=True):
+                scores[k] = v
+        kind = "pairwise"
+    else:
+        scores = list(
+            judge.score([prompt_text(x["prompt"]) for x in rollouts], [x["completion"] for x in rollouts])
+        )
+        kind = "pointwise"
+    report: dict[str, Any] = {"kind": kind}
+    for key, value in judge.report().items():
+        report[key] = None if isinstance(value, float) and math.isnan(value) else value
+    report["scored_rate"] = sum(v is not None for v in scores) / len(scores) if scores else 0.0
+    return scores, report

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ConfigError, InputError, LabelLeakError
+from selfimprove.gold import check_no_gold, is_gold_name, reads_gold, supervised_reward
 from selfimprove.registry import build_registered
 from selfimprove.score.extract import (
     MAX_CHARS,
@@ -32,27 +33,10 @@ from selfimprove.score.extract import (
 )
 from selfimprove.score.vote import majority_vote
 
-RewardFunc = Callable[..., "list[float | None]"]
-
-# Column names that carry gold labels; a label-free reward refuses to see any of them.
-GOLD_COLUMNS = frozenset({"answer", "gold", "label", "solution", "ground_truth", "target"})
 # Keyword arguments TRL passes that are not per-sample columns.
 _NON_COLUMNS = frozenset({"trainer_state", "log_extra", "log_metric", "environments"})
 
-
-def gold_columns_in(columns: Sequence[str]) -> list[str]:
-    """The gold-named columns among ``columns`` (exact names, or names starting with 'gold')."""
-    return sorted(c for c in columns if c.lower() in GOLD_COLUMNS or c.lower().startswith("gold"))
-
-
-def check_no_gold(columns: Sequence[str], where: str) -> None:
-    """Raise LabelLeakError if a gold-named column reaches the label-free ``where``."""
-    leaked = gold_columns_in(list(columns))
-    if leaked:
-        raise LabelLeakError(
-            f"{where} is label-free but received gold column(s) {leaked}; gold labels may only reach "
-            "evaluation and the supervised 'gold_verifier' reward. Drop these columns from the dataset."
-        )
+RewardFunc = Callable[..., "list[float | None]"]
 
 
 def completion_text(completion: Any) -> str:
@@ -239,7 +223,7 @@ class ColumnAgreementReward:
         abstain_value: float | None = 0.0,
         name: str | None = None,
     ) -> None:
-        if column.lower() in GOLD_COLUMNS:
+        if is_gold_name(column):
             raise LabelLeakError(f"column {column!r} is gold-named; use the 'gold_verifier' reward for gold")
         self.column = column
         self.extract = _extractor_of(extractor, extractor_options)
@@ -575,6 +559,8 @@ class GoldVerifierReward:
     "abc" (a product of symbols), so do not use it for lists or strings.
     """
 
+    supervised = True  # reads gold (see selfimprove.gold.reads_gold)
+
     def __init__(
         self,
         extractor: Any = "last_number",
@@ -614,6 +600,7 @@ class GoldVerifierReward:
         return out
 
 
+@supervised_reward
 def verifier_reward(**options: Any) -> GoldVerifierReward:
     """The SUPERVISED gold verifier reward (registry name ``gold_verifier``), for baselines."""
     return GoldVerifierReward(**options)
@@ -739,7 +726,13 @@ REWARDS: dict[str, Callable[..., RewardFunc]] = {
     "format": FormatReward,
     "length": LengthReward,
 }
-LABEL_FREE_REWARDS = frozenset(REWARDS) - {"gold_verifier"}
+# Known from the registry: a factory marked @supervised_reward reads gold labels.
+LABEL_FREE_REWARDS = frozenset(name for name, factory in REWARDS.items() if not reads_gold(factory))
+
+
+def is_supervised_reward(name: str) -> bool:
+    """Whether the registered reward ``name`` reads gold labels (allowed only in ``supervised: true`` runs)."""
+    return reads_gold(REWARDS.get(name))
 
 
 def get_reward(name: str, **options: Any) -> RewardFunc:

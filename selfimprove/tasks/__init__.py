@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import InputError
+from selfimprove.gold import GOLD_FIELDS, find_gold_keys
 from selfimprove.tasks.base import (
-    GOLD_KEYS,
     SPLITS,
     Task,
     answers_equal,
     extract,
-    find_gold_keys,
     normalize_answer,
     split_of,
 )
@@ -52,7 +51,7 @@ def get_task(name: str, **options: Any) -> Task:
 
 
 __all__ = [
-    "GOLD_KEYS",
+    "GOLD_FIELDS",
     "SPLITS",
     "TASKS",
     "JsonlTask",

@@ -15,8 +15,6 @@ from typing import Any, Protocol, runtime_checkable
 
 SPLITS = ("base", "train", "eval")
 
-# Names a gold column may have; prompt records must never contain them (docs/DESIGN.md).
-GOLD_KEYS = frozenset({"answer", "gold", "label", "solution", "ground_truth", "target"})
 
 ANSWER_PREFIX = "The answer is"
 
@@ -101,21 +99,6 @@ def answers_equal(pred: Any, gold: Any, *, case_sensitive: bool = True) -> bool:
         return float(p) == float(g)
     except ValueError:
         return False
-
-
-def find_gold_keys(obj: Any, path: str = "") -> list[str]:
-    """Key paths of every gold-named field anywhere inside ``obj`` (dicts and lists, nested)."""
-    found: list[str] = []
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            sub = f"{path}.{k}" if path else str(k)
-            if str(k).lower() in GOLD_KEYS:
-                found.append(sub)
-            found.extend(find_gold_keys(v, sub))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            found.extend(find_gold_keys(v, f"{path}[{i}]"))
-    return found
 
 
 class SystemPromptTask:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import InputError
-from selfimprove.tasks.base import GOLD_KEYS, SPLITS, answers_equal, extract, find_gold_keys
+from selfimprove.gold import GOLD_FIELDS, find_gold_keys
+from selfimprove.tasks.base import SPLITS, answers_equal, extract
 from selfimprove.textio import read_utf8
 
 
@@ -181,7 +182,7 @@ def jsonl_task(
             raise InputError(
                 f"{where}: field(s) {', '.join(leaks)} look like gold labels but are not the gold "
                 f"field {gold_field!r}; rename them or pass gold_field= (gold-named fields: "
-                f"{', '.join(sorted(GOLD_KEYS))})"
+                f"{', '.join(sorted(GOLD_FIELDS))}, or any name starting with 'gold')"
             )
         text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()

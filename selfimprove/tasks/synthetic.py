@@ -181,7 +181,7 @@ _ARITH_LEVELS = {1: (1, 99, 99, False), 2: (2, 99, 50, False), 3: (3, 500, 300, 
 _MUL_SLIPS = (-10, -1, 1, 10)
 
 
-def _column_work(a: int, op: str, b: int, slip: tuple[int, int] | None = None) -> tuple[str, int]:
+def column_work(a: int, op: str, b: int, slip: tuple[int, int] | None = None) -> tuple[str, int]:
     """Column addition / subtraction of ``a op b`` (``a >= b`` for "-"), units first:
     ``("7+4=11, 6+1+1=8", 81)`` for 67+14 and ``("12-7=5, 4-1=3", 35)`` for 52-17 (a borrow shows
     as the top digit plus ten, the next top digit one less).
@@ -237,7 +237,7 @@ def _arith_work(
         else:
             if op == "-" and v > value:  # only after a slip: a count never goes negative
                 return None
-            columns, new = _column_work(value, op, v, step_slip)
+            columns, new = column_work(value, op, v, step_slip)
             work.append(f"{value}{op}{v}: {columns}. {value}{op}{v}={new}.")
         if new < 0:
             return None

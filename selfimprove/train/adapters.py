@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import InputError
+from selfimprove.runs.io import atomic_dir, write_json_atomic
 
 META_FILE = "adapter_meta.json"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temp file + os.replace, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def save_adapter(
@@ -55,7 +46,7 @@ def save_adapter(
         "config": config or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_json_atomic(out / META_FILE, meta)
+    write_json_atomic(out / META_FILE, meta, sort_keys=True)
     return out
 
 
@@ -74,7 +65,7 @@ def set_adapter_round(adapter: str | Path, round: int) -> None:
     """Record the loop round in an adapter's metadata (the loop names rounds, trainers do not)."""
     meta = read_adapter_meta(adapter)
     meta["round"] = round
-    _write_json_atomic(Path(adapter) / META_FILE, meta)
+    write_json_atomic(Path(adapter) / META_FILE, meta, sort_keys=True)
 
 
 def check_adapter_dir(adapter: str | Path) -> Path:
@@ -128,18 +119,11 @@ def merge_adapter(base: str | Path, adapter: str | Path, out_dir: str | Path) ->
     merged = merged_model(base_dir, adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a sibling temp folder, then swap it in: a crash never leaves a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # Written into a sibling temp folder, then swapped in: a crash never leaves a half-written model.
+    with atomic_dir(out) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         meta = {"merged_from": {"base_model": str(base_dir), "adapter": str(adapter_dir)}}
         meta["adapter_meta"] = read_adapter_meta(adapter_dir)
-        _write_json_atomic(tmp / "merge_meta.json", meta)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "merge_meta.json", meta, sort_keys=True)
     return out

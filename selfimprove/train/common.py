@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -254,10 +252,10 @@ def run_and_save(
 
 
 def write_result(result: TrainResult, out_dir: str | Path) -> None:
-    """Write ``train_result.json`` atomically (temp file + os.replace)."""
-    tmp = Path(out_dir) / ".train_result.json.tmp"
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    os.replace(tmp, Path(out_dir) / "train_result.json")
+    """Write ``train_result.json`` atomically."""
+    from selfimprove.runs.io import write_json_atomic
+
+    write_json_atomic(Path(out_dir) / "train_result.json", result.to_dict())
 
 
 def _callback_base():

@@ -26,9 +26,9 @@ from typing import Any
 
 from trl import GRPOConfig, GRPOTrainer
 
-from selfimprove.data.build import check_no_gold
 from selfimprove.errors import ConfigError
 from selfimprove.generate.base import Generator, Sampling
+from selfimprove.gold import check_no_gold
 from selfimprove.train.common import (
     LoraSettings,
     TrainResult,

@@ -5,6 +5,8 @@
   the answer seen first; samples without an answer do not vote) and score the voted answer.
 - pass@k: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), for a prompt with
   n samples of which c are correct; it needs n >= k.
+- label accuracy and reward accuracy: how often the pseudo-labels and the rewards of a label-free
+  round agree with gold (diagnostics, computed after the round; never fed back).
 
 Gold labels enter here and only here (and in explicitly supervised baselines).
 """
@@ -12,7 +14,7 @@ Gold labels enter here and only here (and in explicitly supervised baselines).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from math import comb
 from typing import Any
 
@@ -117,3 +119,36 @@ def evaluate_answers(
     out["n_prompts"] = float(len(rows))
     out["n_samples"] = float(n_samples)
     return out
+
+
+def label_accuracy(
+    pseudo_labels: Mapping[str, str | None], gold: Mapping[str, str], check: Callable[[str | None, str], bool]
+) -> float | None:
+    """Share of prompts with gold and a pseudo-label whose pseudo-label is correct (None: no such prompt).
+
+    The one definition used by the loop's ``train/label_accuracy`` and by ``compute_diagnostics``:
+    prompts whose vote abstained (no pseudo-label) or that have no gold are left out.
+    """
+    pairs = [(p, gold[pid]) for pid, p in pseudo_labels.items() if p is not None and pid in gold]
+    if not pairs:
+        return None
+    return sum(bool(check(p, g)) for p, g in pairs) / len(pairs)
+
+
+def reward_accuracy(
+    samples: Iterable[tuple[str, float | None, str | None]],
+    gold: Mapping[str, str],
+    check: Callable[[str | None, str], bool],
+) -> float | None:
+    """Share of scored samples whose reward is positive exactly when the sample is correct.
+
+    ``samples`` are ``(prompt_id, reward, extracted answer)``; samples without gold or with a None
+    reward (cannot score) are left out (None: no sample left). The one definition used by the
+    loop's ``train/reward_accuracy`` and by ``compute_diagnostics``.
+    """
+    hits = [
+        (reward > 0) == bool(check(extracted, gold[pid]))
+        for pid, reward, extracted in samples
+        if reward is not None and pid in gold
+    ]
+    return sum(hits) / len(hits) if hits else None
