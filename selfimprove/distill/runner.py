@@ -343,9 +343,9 @@ class _Run:
 
     def evaluate(self, gen: Any, out_dir: Path, adapter: str | None) -> dict[str, Any]:
         """pass@1, maj@k, pass@k of ``gen`` (with ``adapter``) on the held-out split; gold used here."""
+        from selfimprove.eval.metrics import evaluate_answers
         from selfimprove.generate.base import Sampling
         from selfimprove.generate.store import RolloutStore, generate_rollouts
-        from selfimprove.loop.metrics import evaluate_answers
 
         prompts, gold = eval_split(self.cfg, self.task)
         prompts = [p for p in prompts if p["prompt_id"] in gold]
