@@ -35,7 +35,7 @@ from selfimprove.distill.config import (
     load_config,
     teacher_is_builtin,
 )
-from selfimprove.errors import InputError, LabelLeakError
+from selfimprove.errors import InputError
 from selfimprove.runs import (
     folder_lock,
     open_state,
@@ -94,15 +94,13 @@ def load_task(cfg: DistillConfig) -> Any:
 
 def unlabeled_inputs(cfg: DistillConfig, task: Any) -> list[dict[str, Any]]:
     """The task's train split as prompt records; its gold mapping is dropped right here."""
-    from selfimprove.tasks import GOLD_KEYS
+    from selfimprove.gold import check_record_no_gold
 
     t = cfg.task
     prompts, _gold_unused = task.make_split("train", n=t.unlabeled_size, seed=t.seed, level=t.level)
     del _gold_unused  # the labelling path never holds gold
     for rec in prompts:
-        leaked = GOLD_KEYS & (set(rec) | set(rec.get("meta") or {}))
-        if leaked:
-            raise LabelLeakError(f"input {rec.get('prompt_id')!r} carries gold field(s) {sorted(leaked)}")
+        check_record_no_gold(rec, f"input {rec.get('prompt_id')!r}")
     if not prompts:
         raise InputError(
             f"task {getattr(task, 'name', '?')}: the train split (the unlabeled inputs) is empty"
