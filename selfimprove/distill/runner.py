@@ -69,24 +69,11 @@ class DistillResult:
 
 def load_task(cfg: DistillConfig) -> Any:
     """The task of the config (bundled, or a user JSONL file)."""
-    from selfimprove.tasks import get_task
+    from selfimprove.tasks import task_from_section
 
     t = cfg.task
     try:
-        if t.file is not None:
-            options: dict[str, Any] = {
-                "gold_field": t.gold_field,
-                "prompt_field": t.prompt_field,
-                "id_field": t.id_field,
-                "eval_fraction": t.eval_fraction,
-            }
-            if t.extractor is not None:
-                options["extractor"] = t.extractor
-            if t.extractor_options:
-                options["extractor_options"] = dict(t.extractor_options)
-            return get_task(t.file, **options)
-        instruction = t.instruction if t.instruction is not None else not teacher_is_builtin(cfg)
-        return get_task(t.name, instruction=instruction)
+        return task_from_section(t, default_instruction=not teacher_is_builtin(cfg))
     except InputError as exc:
         key = "task.file" if t.file is not None else "task.name"
         raise InputError(f"{key}: {exc}") from None

@@ -17,26 +17,10 @@ from selfimprove.tasks.base import SystemPromptTask
 
 
 def load_task(config: RunConfig):
-    from selfimprove.tasks import get_task
+    from selfimprove.tasks import task_from_section
 
     t = config.task
-    if t.file is not None:
-        options: dict[str, Any] = {
-            "gold_field": t.gold_field,
-            "prompt_field": t.prompt_field,
-            "id_field": t.id_field,
-            "eval_fraction": t.eval_fraction,
-        }
-        if t.extractor is not None:
-            options["extractor"] = t.extractor
-        if t.extractor_options:
-            options["extractor_options"] = dict(t.extractor_options)
-        task = get_task(t.file, **options)
-    else:
-        instruction = (
-            t.instruction if t.instruction is not None else not config.model.path.startswith("builtin:")
-        )
-        task = get_task(t.name, instruction=instruction)
+    task = task_from_section(t, default_instruction=not config.model.path.startswith("builtin:"))
     system_prompt = t.system_prompt
     if t.system_prompt_file is not None:
         try:

@@ -50,6 +50,25 @@ def get_task(name: str, **options: Any) -> Task:
     )
 
 
+def task_from_section(section: Any, *, default_instruction: bool) -> Task:
+    """The task a config's ``task`` section names: a user JSONL file (``file`` and its field
+    options) or a bundled task (``name``; ``instruction`` falls back to ``default_instruction``)."""
+    if section.file is not None:
+        options: dict[str, Any] = {
+            "gold_field": section.gold_field,
+            "prompt_field": section.prompt_field,
+            "id_field": section.id_field,
+            "eval_fraction": section.eval_fraction,
+        }
+        if section.extractor is not None:
+            options["extractor"] = section.extractor
+        if section.extractor_options:
+            options["extractor_options"] = dict(section.extractor_options)
+        return get_task(section.file, **options)
+    instruction = section.instruction if section.instruction is not None else default_instruction
+    return get_task(section.name, instruction=instruction)
+
+
 __all__ = [
     "GOLD_FIELDS",
     "SPLITS",
@@ -61,6 +80,7 @@ __all__ = [
     "extract",
     "find_gold_keys",
     "get_task",
+    "task_from_section",
     "jsonl_task",
     "normalize_answer",
     "split_of",
