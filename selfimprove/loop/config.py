@@ -42,7 +42,7 @@ class ModelConfig(_Section):
     path: str = Field(
         "builtin:arithmetic",
         description="Local Hugging Face model folder (safetensors), or `builtin:<task>` for the "
-        "embedded base model that `selfimprove build-base` trains for that task (built on first use).",
+        "embedded base model of that task that ships with the package (`selfimprove build-base` rebuilds it).",
     )
     trust_remote_code: bool = Field(
         False, description="Allow custom modelling code from the model folder. Off by default for safety."
