@@ -591,3 +591,35 @@ def test_a_recipe_with_vllm_only_options_runs_on_the_hf_backend(tmp_path, tiny_m
     rollouts = _jsonl(tmp_path / "run" / "round_01" / "rollouts.jsonl")
     assert len(rollouts) == 4 * 2 and {x["backend"] for x in rollouts} == {"hf"}
     assert len(_jsonl(tmp_path / "run" / "round_01" / "eval" / "rollouts.jsonl")) == 4 * 2
+
+
+def test_engines_give_other_models_the_backend_options_but_not_the_policys_lora(monkeypatch):
+    import selfimprove.generate as generate
+    from selfimprove.loop.engines import Engines
+
+    built = []
+
+    class Engine:
+        def close(self):
+            built.append("closed")
+
+    def fake_build(backend, model, **options):
+        built.append((backend, model, options))
+        return Engine()
+
+    monkeypatch.setattr(generate, "build_generator", fake_build)
+    cfg = load_config(
+        {
+            "generation": {"backend": "vllm", "vllm": {"kv_cache_gb": 2, "enforce_eager": True}},
+            "scoring": {"judge": {"kind": "pointwise", "model": "/models/judge"}},
+        }
+    )
+    engines = Engines(cfg, "/models/policy", log=lambda _m: None)
+    assert engines.policy is not None
+    engines.other("/models/judge")
+    (_, policy_model, policy_opts), (_, judge_model, judge_opts) = built
+    assert policy_model == "/models/policy" and policy_opts["enable_lora"] is True
+    assert judge_model == "/models/judge"
+    assert judge_opts == {"kv_cache_gb": 2, "enforce_eager": True}  # the user's vllm section, no LoRA or seed
+    engines.close()
+    assert built.count("closed") == 2

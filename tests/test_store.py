@@ -149,3 +149,92 @@ def test_generate_rollouts_rejects_duplicate_ids(tmp_path):
     with pytest.raises(InputError, match="duplicate prompt_id 'a'"):
         generate_rollouts(ScriptedGenerator(), recs, Sampling(), RolloutStore(tmp_path), progress=False)
     assert not RolloutStore(tmp_path).records()
+
+
+def test_generate_rollouts_starts_the_engine_only_for_unfinished_prompts(tmp_path):
+    recs = [{"prompt_id": str(i), "prompt": f"p{i}"} for i in range(3)]
+    built: list[ScriptedGenerator] = []
+
+    def engine():
+        built.append(ScriptedGenerator())
+        return built[-1]
+
+    store = RolloutStore(tmp_path / "r")
+    rows = generate_rollouts(engine, recs, Sampling(n=2), store, progress=False)
+    assert len(built) == 1 and built[0].calls == [["p0", "p1", "p2"]] and len(rows) == 6
+    again = generate_rollouts(engine, recs, Sampling(n=2), RolloutStore(store.dir), progress=False)
+    assert len(built) == 1  # every prompt finished: the engine function is not called
+    assert again == rows
+
+
+def test_generate_rollouts_records_the_adapter_folder_fingerprint(tmp_path):
+    from selfimprove.generate import adapter_fingerprint
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-v1")
+    recs = [{"prompt_id": "0", "prompt": "p0"}]
+    rows = generate_rollouts(
+        ScriptedGenerator(),
+        recs,
+        Sampling(n=1),
+        RolloutStore(tmp_path / "a"),
+        adapter=str(adapter),
+        progress=False,
+    )
+    assert rows[0]["adapter_version"] == adapter_fingerprint(adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights-v2")
+    rows = generate_rollouts(
+        ScriptedGenerator(),
+        recs,
+        Sampling(n=1),
+        RolloutStore(tmp_path / "b"),
+        adapter=str(adapter),
+        progress=False,
+    )
+    assert rows[0]["adapter_version"] == adapter_fingerprint(adapter) != ""
+    # A served adapter name (no folder here) is recorded without a fingerprint.
+    rows = generate_rollouts(
+        ScriptedGenerator(),
+        recs,
+        Sampling(n=1),
+        RolloutStore(tmp_path / "c"),
+        adapter="served-lora",
+        progress=False,
+    )
+    assert rows[0]["adapter"] == "served-lora" and rows[0]["adapter_version"] is None
+
+
+def test_engine_pool_builds_lazily_closes_only_its_own(tmp_path, monkeypatch):
+    import selfimprove.generate as generate
+    from selfimprove.generate.pool import EnginePool
+
+    class Closable(ScriptedGenerator):
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    built: list[tuple] = []
+
+    def fake_build(backend, model, **options):
+        built.append((backend, model, options))
+        return Closable()
+
+    monkeypatch.setattr(generate, "build_generator", fake_build)
+    mine = Closable()
+    logs: list[str] = []
+    pool = EnginePool({"policy": mine, "unused": None}, log=logs.append)
+    assert pool.get("policy", "vllm", "m") is mine and built == []
+    judge = pool.get("judge", "hf", "judge-model", {"dtype": "float32"})
+    assert pool.get("judge", "hf", "judge-model") is judge and built == [
+        ("hf", "judge-model", {"dtype": "float32"})
+    ]
+    assert logs == ["starting the hf generator on judge-model"]
+    pool.release("judge")
+    assert judge.closed == 1 and "judge" not in pool.built
+    other = pool.get("judge", "hf", "judge-model")
+    assert other is not judge and len(built) == 2
+    pool.close()
+    assert other.closed == 1 and mine.closed == 0  # a given engine is the caller's to close

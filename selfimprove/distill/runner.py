@@ -36,6 +36,7 @@ from selfimprove.distill.config import (
     teacher_is_builtin,
 )
 from selfimprove.errors import InputError
+from selfimprove.generate.pool import EnginePool
 from selfimprove.runs import (
     folder_lock,
     open_state,
@@ -164,42 +165,27 @@ class _Run:
         self.cfg, self.dir, self.state, self.log, self.progress = cfg, run_dir, state, log, progress
         self.teacher_model, self.student_model = teacher, student
         self.task = load_task(cfg)
-        self._teacher = None
-        self._student = None
+        self.engines = EnginePool(log=log)
 
-    # -- engines ----------------------------------------------------------------------------
     def teacher(self):
-        if self._teacher is None:
-            from selfimprove.generate import build_generator
-
-            options = dict(self.cfg.teacher.options)
-            if self.cfg.teacher.adapter is not None and self.cfg.teacher.backend == "vllm":
-                options.setdefault("enable_lora", True)
-            self.log(f"teacher: {self.cfg.teacher.backend} on {self.teacher_model}")
-            self._teacher = build_generator(self.cfg.teacher.backend, self.teacher_model, **options)
-        return self._teacher
+        """The teacher's engine (built on first use; closed once labelling and its evaluation are done)."""
+        options = dict(self.cfg.teacher.options)
+        if self.cfg.teacher.adapter is not None and self.cfg.teacher.backend == "vllm":
+            options.setdefault("enable_lora", True)
+        return self.engines.get("teacher", self.cfg.teacher.backend, self.teacher_model, options)
 
     def student(self):
-        if self._student is None:
-            from selfimprove.generate import build_generator
-
-            options = dict(self.cfg.student.options)
-            if self.cfg.student.backend == "vllm":
-                options.setdefault("enable_lora", True)
-            self.log(f"student: {self.cfg.student.backend} on {self.student_model}")
-            self._student = build_generator(self.cfg.student.backend, self.student_model, **options)
-        return self._student
+        """The student's engine: the base student and each trained adapter (hot-swapped)."""
+        options = dict(self.cfg.student.options)
+        if self.cfg.student.backend == "vllm":
+            options.setdefault("enable_lora", True)
+        return self.engines.get("student", self.cfg.student.backend, self.student_model, options)
 
     def close_teacher(self) -> None:
-        if self._teacher is not None:
-            self._teacher.close()
-            self._teacher = None
+        self.engines.release("teacher")
 
     def close(self) -> None:
-        self.close_teacher()
-        if self._student is not None:
-            self._student.close()
-            self._student = None
+        self.engines.close()
 
     # -- stage bookkeeping ------------------------------------------------------------------
     def fp(self, *parts: str, extra: Any = None) -> str:
@@ -375,14 +361,14 @@ class _Run:
 
     # -- variants ---------------------------------------------------------------------------
     def candidates(self) -> list[Any]:
-        from selfimprove.distill.select import candidates
+        from selfimprove.distill.selection import candidates
 
         need = {r["prompt_id"]: r for r in read_jsonl(self.dir / NEED_FILE)}
         items = [{**r, **need[r["prompt_id"]]} for r in self.labelled_rows()]
         return candidates(items, self.cfg.selection.confidence, self.cfg.selection.need)
 
     def settings(self) -> Any:
-        from selfimprove.distill.select import SelectionSettings
+        from selfimprove.distill.selection import SelectionSettings
 
         s = self.cfg.selection
         return SelectionSettings(

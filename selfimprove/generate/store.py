@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import InputError
-from selfimprove.generate._common import check_prompt
+from selfimprove.generate._common import adapter_fingerprint, check_prompt
 from selfimprove.generate.base import Generator, Sampling
 from selfimprove.runs.io import write_text_atomic
 from selfimprove.textio import read_utf8
@@ -140,7 +140,7 @@ def _line(rec: dict[str, Any]) -> str:
 
 
 def generate_rollouts(
-    generator: Generator,
+    generator: Generator | Callable[[], Generator],
     records: Sequence[dict[str, Any]],
     sampling: Sampling,
     store: RolloutStore,
@@ -153,6 +153,9 @@ def generate_rollouts(
     """Sample ``sampling.n`` completions per prompt record into ``store``; skip finished prompts.
 
     ``records`` are ``{prompt_id (or id), prompt, meta}`` dicts (as ``load_prompts`` returns).
+    ``generator`` is an engine or a function returning one, called only when some prompt is
+    unfinished (a resumed job whose rollouts are all in the store never starts an engine).
+    ``adapter_version`` defaults to the content fingerprint of an adapter folder.
     Returns every rollout record of the store (earlier runs included), in file order.
     """
     from tqdm.auto import tqdm
@@ -171,6 +174,12 @@ def generate_rollouts(
         seen.add(pid)
         if pid not in done:
             todo.append((pid, rec))
+    if not todo:
+        return store.records()
+    if not hasattr(generator, "generate"):
+        generator = generator()
+    if adapter is not None and adapter_version is None and Path(adapter).is_dir():
+        adapter_version = adapter_fingerprint(adapter)
     with tqdm(
         total=len(records), initial=len(records) - len(todo), desc="rollouts", disable=not progress
     ) as bar:

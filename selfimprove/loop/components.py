@@ -104,12 +104,27 @@ def mark_train_subset(scored: list[dict[str, Any]], n_train: int | None, seed: i
             rec["in_train"] = j in keep
 
 
-def make_sampling(config: RunConfig, *, n: int, temperature: float, max_tokens: int, seed: int):
+def round_sampling(config: RunConfig, purpose: str, r: int):
+    """The sampling of round ``r``'s ``"train"`` rollouts, ``"eval"`` rollouts or ``"paraphrase"`` votes.
+
+    Each purpose and round has its own seed (``loop.seed * 1000 + r``, plus 250 for the
+    paraphrase votes and 500 for evaluation), so a resumed round samples as the first try did.
+    """
     from selfimprove.generate.base import Sampling
 
-    g = config.generation
+    g, ev = config.generation, config.evaluation
+    n, temperature, max_tokens, offset = {
+        "train": (g.n, g.temperature, g.max_tokens, 0),
+        "paraphrase": (config.scoring.paraphrase.n or g.n, g.temperature, g.max_tokens, 250),
+        "eval": (ev.n, ev.temperature, ev.max_tokens or g.max_tokens, 500),
+    }[purpose]
     return Sampling(
-        n=n, temperature=temperature, top_p=g.top_p, max_tokens=max_tokens, stop=tuple(g.stop), seed=seed
+        n=n,
+        temperature=temperature,
+        top_p=g.top_p,
+        max_tokens=max_tokens,
+        stop=tuple(g.stop),
+        seed=config.loop.seed * 1000 + offset + r,
     )
 
 

@@ -232,7 +232,9 @@ class JudgeConfig(_Section):
     )
     model: str = Field(
         "policy",
-        description="`policy` (the current policy with its adapter judges itself) or a model folder path.",
+        description="`policy` (the current policy with its adapter judges itself) or another model (a folder "
+        "path, or a served model's name with the openai backend), run on `generation.backend` with its "
+        "backend-scoped options (`generation.vllm` / `hf` / `openai`).",
     )
     weight: float = Field(1.0, description="Weight of the judge score in the total reward.")
     options: dict[str, Any] = Field(
@@ -293,7 +295,8 @@ class ParaphraseConfig(_Section):
     model: str | None = Field(
         None,
         description="Model folder that writes the paraphrases (an instruction-following model, e.g. the "
-        "converted SmolLM2); null: the policy's base model. The embedded base model cannot paraphrase.",
+        "converted SmolLM2), run on `generation.backend` with its backend-scoped options; null: the policy's "
+        "base model. The embedded base model cannot paraphrase.",
     )
 
 

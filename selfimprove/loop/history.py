@@ -61,6 +61,31 @@ def apply_guard(
     return "stop"
 
 
+def roll_back(state: RunState, r: int, log: Callable[[str], None]) -> None:
+    """After the guard flagged round ``r``: the next round starts from the last healthy round's adapter.
+
+    The last healthy round is the latest earlier round with metrics that the guard did not flag
+    (the base model when there is none). Recorded once in ``state`` (a resumed run does not roll
+    back twice).
+    """
+    if state.round(r).get("rolled_back"):
+        return
+    collapsed = {g["round"] for g in state.data["guard"] if g["collapsed"]}
+    healthy = next(
+        (
+            state.round(prev).get("adapter")
+            for prev in range(r - 1, 0, -1)
+            if prev not in collapsed and state.done(prev, "metrics")
+        ),
+        None,
+    )
+    state.data["rollbacks"] = state.data.get("rollbacks", 0) + 1
+    state.data["adapter"] = healthy
+    state.round(r)["rolled_back"] = True
+    state.save()
+    log(f"round {r}: rolled back to {healthy or 'the base model'}")
+
+
 def run_summary(
     config: RunConfig,
     state: RunState,

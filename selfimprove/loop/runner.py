@@ -32,15 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.errors import ConfigError
+from selfimprove.generate.store import RolloutStore, generate_rollouts
 from selfimprove.loop.components import (
     build_rewards,
-    generator_options,
     gold_reward_labels,
-    make_sampling,
+    round_sampling,
     task_extractor,
     user_reward_terms,
 )
 from selfimprove.loop.config import RunConfig
+from selfimprove.loop.engines import Engines
 from selfimprove.loop.folder import (
     STAGES,
     RunState,
@@ -50,33 +51,15 @@ from selfimprove.loop.folder import (
     resolve_run_dir,
     round_dir,
 )
-from selfimprove.loop.history import apply_guard, round_history, run_summary
+from selfimprove.loop.history import apply_guard, roll_back, round_history, run_summary
 from selfimprove.loop.inputs import check_inputs, eval_split, load_task, train_gold, train_prompts
 from selfimprove.loop.round_metrics import round_metrics
 from selfimprove.loop.scoring import build_round_data, score_round, train_round
 from selfimprove.loop.table import round_table, round_warnings
 from selfimprove.models.loading import resolve_model
 from selfimprove.runs.folder import folder_lock
-from selfimprove.runs.io import (
-    read_json,
-    read_jsonl,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
-
-# ---------------------------------------------------------------------------------------------
-# Run-folder state
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Setup: run folder, manifest, model, task
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+from selfimprove.runs.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from selfimprove.runs.metrics import MetricsLog
 
 
 class _Run:
@@ -107,69 +90,22 @@ class _Run:
             else [name for name, _fn, _w, gold in self.user_terms if gold]
         )
         self.skip, self.warnings = check_inputs(config, self.task, self.model_path)
-        self._generator = generator
-        # A generator handed in by the caller is the caller's to close.
-        self._owns_generator = generator is None
-        self._judge_generator = None
-        self._tb = None
-
-    # -- shared resources -------------------------------------------------------------------
-    @property
-    def generator(self):
-        """The engine, built on first use (start-up is slow; a resumed run may not need it)."""
-        if self._generator is None:
-            from selfimprove.generate import build_generator
-
-            self.log(f"starting the {self.cfg.generation.backend} generator on {self.model_path}")
-            self._generator = build_generator(
-                self.cfg.generation.backend, self.model_path, **generator_options(self.cfg)
-            )
-        return self._generator
+        self.engines = Engines(config, self.model_path, log, policy=generator)
+        self.metrics_log = MetricsLog(run_dir, tensorboard=config.output.tensorboard, log=log)
 
     def close(self) -> None:
-        """Shut the engine down and flush TensorBoard."""
-        for name in ("_generator", "_judge_generator"):
-            gen = getattr(self, name)
-            if gen is not None and (name != "_generator" or self._owns_generator):
-                gen.close()
-            setattr(self, name, None)
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-
-    def _tensorboard(self):
-        if not self.cfg.output.tensorboard:
-            return None
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except Exception as exc:  # tensorboard missing: metrics still go to JSONL
-                self.log(f"tensorboard disabled: {exc}")
-                self.cfg.output.tensorboard = False
-                return None
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
-        return self._tb
+        """Shut the engines down and flush TensorBoard."""
+        self.engines.close()
+        self.metrics_log.close()
 
     def _generate(self, out_dir: Path, prompts, sampling, adapter: str | None) -> list[dict[str, Any]]:
-        from selfimprove.generate._common import adapter_fingerprint
-        from selfimprove.generate.store import RolloutStore, generate_rollouts
-
-        store = RolloutStore(out_dir)
-        version = adapter_fingerprint(adapter) if adapter else None
-        done = store.completed(sampling.n)
-        if len(done) < len(prompts):
-            gen = self.generator
-        else:
-            gen = None
-        if gen is None:
-            return store.records()
+        """Rollouts into ``out_dir``'s store; the engine starts only if some prompt is unfinished."""
         return generate_rollouts(
-            gen,
+            lambda: self.engines.policy,
             prompts,
             sampling,
-            store,
-            adapter=adapter,
-            adapter_version=version,
+            RolloutStore(out_dir),
+            adapter=self._abs(adapter),
             batch_size=self.cfg.generation.batch_size,
             progress=self.progress,
         )
@@ -181,26 +117,13 @@ class _Run:
         p = Path(adapter)
         return str(p if p.is_absolute() else (self.dir / p).resolve())
 
-    def _train_gold(self, r: int) -> dict[str, str]:
-        """Gold of round ``r``'s train split: only for evaluation diagnostics and SUPERVISED baselines."""
-        return train_gold(self.cfg, self.task, r)
-
     def reward_terms(self) -> list[tuple[str, Callable[..., list], float, bool]]:
         """(name, function, weight, reads_gold): the functions given to run(), else the config's rewards."""
         return self.user_terms if self.user_terms is not None else build_rewards(self.cfg, self.task)
 
-    # -- stages -----------------------------------------------------------------------------
     def stage_generate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
-        g = self.cfg.generation
         prompts = train_prompts(self.cfg, self.task, r, self.skip)
-        sampling = make_sampling(
-            self.cfg,
-            n=g.n,
-            temperature=g.temperature,
-            max_tokens=g.max_tokens,
-            seed=self.cfg.loop.seed * 1000 + r,
-        )
-        recs = self._generate(rdir, prompts, sampling, self._abs(adapter))
+        recs = self._generate(rdir, prompts, round_sampling(self.cfg, "train", r), adapter)
         return {"tokens": sum(int(x.get("completion_tokens") or 0) for x in recs), "rollouts": len(recs)}
 
     def stage_score(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
@@ -234,21 +157,16 @@ class _Run:
         left out; None without a valid comparison). Returns the scores in rollout order and the
         judge's report (counts, failure rate, position consistency) with NaN as None.
         """
-        from selfimprove.generate import build_generator
         from selfimprove.score.judging import build_rollout_judge, judge_rollouts
 
         jc = self.cfg.scoring.judge
-        if jc.model == "policy":
-            gen, judge_adapter = self.generator, self._abs(adapter)
-        else:
-            if self._judge_generator is None:
-                self._judge_generator = build_generator(self.cfg.generation.backend, jc.model)
-            gen, judge_adapter = self._judge_generator, None
+        policy = jc.model == "policy"
+        gen = self.engines.policy if policy else self.engines.other(jc.model)
         judge, opponents = build_rollout_judge(
             jc.kind,
             gen,
             jc.options,
-            adapter=judge_adapter,
+            adapter=self._abs(adapter) if policy else None,
             seed=self.cfg.loop.seed * 1000 + r,
             progress=self.progress,
             where="scoring.judge.options",
@@ -264,27 +182,17 @@ class _Run:
         def writer():
             # Made once, by the base model (or paraphrase.model), and kept: every round votes on the same rewrites.
             if pc.model is None:
-                return self.generator, lambda: None
-            from selfimprove.generate import build_generator
-
-            gen = build_generator(self.cfg.generation.backend, pc.model)
-            return gen, gen.close
+                return self.engines.policy, lambda: None
+            return self.engines.other(pc.model), lambda: self.engines.release(pc.model)
 
         prompts = train_prompts(self.cfg, self.task, r, self.skip)
         para_prompts = paraphrased_prompts(
             prompts, self.dir / "paraphrases.jsonl", writer, template=pc.template, log=self.log
         )
-        g = self.cfg.generation
-        sampling = make_sampling(
-            self.cfg,
-            n=pc.n or g.n,
-            temperature=g.temperature,
-            max_tokens=g.max_tokens,
-            seed=self.cfg.loop.seed * 1000 + 250 + r,
-        )
         if not para_prompts:
             return {}
-        recs = self._generate(rdir / "paraphrase", para_prompts, sampling, self._abs(adapter))
+        sampling = round_sampling(self.cfg, "paraphrase", r)
+        recs = self._generate(rdir / "paraphrase", para_prompts, sampling, adapter)
         return voted_labels(recs, task_extractor(self.cfg, self.task))
 
     def stage_build(self, r: int, rdir: Path) -> dict[str, Any]:
@@ -305,7 +213,7 @@ class _Run:
             shutil.rmtree(tmp)  # a half-trained adapter from a killed run: train again
         init = self._abs(adapter) if self.cfg.training.init == "continue" else None
         terms = self.reward_terms() if self.cfg.training.method == "grpo" else ()
-        gold = self._train_gold(r) if any(g for *_x, g in terms) else None
+        gold = train_gold(self.cfg, self.task, r) if any(g for *_x, g in terms) else None
         result = train_round(
             self.cfg,
             self.model_path,
@@ -334,22 +242,14 @@ class _Run:
         }
 
     def stage_evaluate(self, r: int, rdir: Path, adapter: str | None) -> dict[str, Any]:
-        ev = self.cfg.evaluation
-        prompts, gold = eval_split(self.cfg, self.task, self.skip)
-        sampling = make_sampling(
-            self.cfg,
-            n=ev.n,
-            temperature=ev.temperature,
-            max_tokens=ev.max_tokens or self.cfg.generation.max_tokens,
-            seed=self.cfg.loop.seed * 1000 + 500 + r,
-        )
-        recs = self._generate(rdir / "eval", [dict(p) for p in prompts], sampling, self._abs(adapter))
+        prompts, _gold = eval_split(self.cfg, self.task, self.skip)
+        sampling = round_sampling(self.cfg, "eval", r)
+        recs = self._generate(rdir / "eval", [dict(p) for p in prompts], sampling, adapter)
         return {
             "eval_rollouts": len(recs),
             "tokens_eval": sum(int(x.get("completion_tokens") or 0) for x in recs),
         }
 
-    # -- loop -------------------------------------------------------------------------------
     def _stage(self, r: int, stage: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         if self.state.done(r, stage):
             return self.state.round(r)
@@ -367,7 +267,8 @@ class _Run:
 
         self._stage(r, "metrics", metrics)
         m = read_json(rdir / "metrics.json")
-        self._write_history()
+        # A resumed run passing a finished round writes nothing (no duplicate TensorBoard points).
+        self.metrics_log.write(self.history())
         return m
 
     def history(self) -> list[dict[str, Any]]:
@@ -383,22 +284,6 @@ class _Run:
         summary = run_summary(self.cfg, self.state, self.history(), self._abs, self.warnings, self.skip)
         write_json_atomic(self.dir / "summary.json", summary)
         return summary
-
-    def _write_history(self) -> None:
-        hist = self.history()
-        path = self.dir / "metrics.jsonl"
-        if path.exists() and read_jsonl(path) == hist:
-            # A resumed run passing a finished round: nothing new to record (a resume that
-            # computes nothing leaves the folder as it was, and TensorBoard gets no duplicates).
-            return
-        write_jsonl_atomic(path, hist)
-        tb = self._tensorboard()
-        if tb is not None:
-            last = hist[-1]
-            for key, value in last.items():
-                if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    tb.add_scalar(key, value, last["round"])
-            tb.flush()
 
     def run_loop(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -445,25 +330,13 @@ class _Run:
                 st.save()
             self.log(round_table(self.history(), ks))
             action = self._guard(r, m)
-            if action == "rollback" and not st.round(r).get("rolled_back"):
-                healthy = self._last_healthy_adapter(r)
-                st.data["rollbacks"] = st.data.get("rollbacks", 0) + 1
-                st.data["adapter"] = healthy
-                st.round(r)["rolled_back"] = True
-                st.save()
-                self.log(f"round {r}: rolled back to {healthy or 'the base model'}")
+            if action == "rollback":
+                roll_back(st, r, self.log)
             elif action == "stop":
                 st.data["stopped"] = f"collapse guard stopped the loop after round {r}"
                 st.save()
                 break
         return self.summarize()
-
-    def _last_healthy_adapter(self, r: int) -> str | None:
-        collapsed = {g["round"] for g in self.state.data["guard"] if g["collapsed"]}
-        for prev in range(r - 1, 0, -1):
-            if prev not in collapsed and self.state.done(prev, "metrics"):
-                return self.state.round(prev).get("adapter")
-        return None
 
 
 def run(

@@ -46,6 +46,7 @@ from typing import Any
 from selfimprove.errors import BackendError, ConfigError, InputError
 from selfimprove.generate.base import ChatMessage, Completion, Generator, Sampling
 from selfimprove.generate.isolate import isolate_failures
+from selfimprove.generate.pool import EnginePool
 from selfimprove.prompt_opt.config import (
     ROLES,
     PromptOptConfig,
@@ -209,36 +210,25 @@ def draw_sample(n_questions: int, size: int, seed: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Engines:
+class _Engines(EnginePool):
     """The roles' generators: given ones first, else built lazily, one per (backend, model, options)."""
 
     def __init__(self, cfg: PromptOptConfig, given: Mapping[str, Generator] | None) -> None:
         unknown = sorted(set(given or {}) - set(ROLES))
         if unknown:
             raise ConfigError(f"generators: unknown role(s) {unknown}; roles: {', '.join(ROLES)}")
+        super().__init__(given)
         self.cfg = cfg
-        self.given = dict(given or {})
-        self.built: dict[str, Generator] = {}
 
     def __call__(self, role: str) -> Generator:
         if role in self.given:
             return self.given[role]
         spec = role_spec(self.cfg, role)
-        key = spec.engine_key()
-        if key not in self.built:
-            from selfimprove.generate import build_generator
-
-            self.built[key] = build_generator(spec.backend, spec.model, **spec.options)
-        return self.built[key]
+        return self.get(spec.engine_key(), spec.backend, spec.model, spec.options)
 
     def isolated(self, role: str) -> Generator:
         """The role's generator, with failed requests turned into error completions per prompt."""
         return isolate_failures(self(role))
-
-    def close(self) -> None:
-        for gen in self.built.values():
-            gen.close()
-        self.built.clear()
 
 
 # ---------------------------------------------------------------------------------------------
