@@ -16,8 +16,7 @@ selfimprove`` stays light)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from selfimprove.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,7 +37,7 @@ _EXPORTS = {
     "Task": "selfimprove.tasks",
     "evaluate": "selfimprove.eval",
     # scoring: rewards, vote, judges
-    "score_rollouts": "selfimprove.score.diagnostics",
+    "score_rollouts": "selfimprove.score.rollouts",
     "get_reward": "selfimprove.score.rewards",
     "PointwiseJudge": "selfimprove.score.judges",
     "PairwiseJudge": "selfimprove.score.judges",
@@ -58,15 +57,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'selfimprove' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from selfimprove.errors import InputError, LabelLeakError
-from selfimprove.score.diagnostics import compute_diagnostics, score_rollouts
+from selfimprove.score.diagnostics import compute_diagnostics
 from selfimprove.score.rewards import get_reward
+from selfimprove.score.rollouts import score_rollouts
 
 SCORED_FIELDS = {
     "extracted",

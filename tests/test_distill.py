@@ -9,7 +9,7 @@ import pytest
 
 from selfimprove.distill.config import DistillConfig, config_from_dict, load_config
 from selfimprove.distill.label import answer_span, label_groups
-from selfimprove.distill.select import (
+from selfimprove.distill.selection import (
     AdaptiveThresholds,
     Candidate,
     SelectionSettings,

@@ -39,7 +39,7 @@ def bpe_student(tmp_path_factory) -> Path:
     from transformers import AutoModelForCausalLM
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    from selfimprove.models.tiny import SPECIAL_TOKENS, TEMPLATES, _byte_symbols, build_tiny_model
+    from selfimprove.models.tiny import SPECIAL_TOKENS, TEMPLATES, build_tiny_model, byte_symbols
 
     out = build_tiny_model(
         tmp_path_factory.mktemp("bpe_student"),
@@ -60,7 +60,7 @@ def bpe_student(tmp_path_factory) -> Path:
     ]
     vocab = {
         t: i
-        for i, t in enumerate(SPECIAL_TOKENS + list(reversed(_byte_symbols())) + [a + b for a, b in merges])
+        for i, t in enumerate(SPECIAL_TOKENS + list(reversed(byte_symbols())) + [a + b for a, b in merges])
     }
     tok = Qwen2Tokenizer(
         vocab=vocab,

@@ -9,8 +9,8 @@ import pytest
 from selfimprove.data.build import build_dpo_pairs, build_grpo_prompts, build_sft_rows
 from selfimprove.errors import ConfigError, InputError, LabelLeakError
 from selfimprove.gold import GOLD_FIELDS, check_no_gold, is_gold_name, reads_gold, supervised_reward
-from selfimprove.score.diagnostics import score_rollouts
 from selfimprove.score.rewards import LABEL_FREE_REWARDS, REWARDS, get_reward, is_supervised_reward
+from selfimprove.score.rollouts import score_rollouts
 
 # Gold-named in every spelling a dataset uses; the label-free columns the loop really passes are not.
 GOLD_NAMES = ["answer", "Answer", "Gold", "gold_answer", "GOLD_LABEL", "ground_truth", "Target", "solution"]

@@ -14,7 +14,8 @@ from selfimprove.errors import InputError
 from selfimprove.loop.config import load_config, validate_config
 from selfimprove.loop.inputs import check_inputs, eval_split, load_task, train_prompts
 from selfimprove.loop.runner import round_table, run
-from selfimprove.score.diagnostics import score_rollouts, truncated_vote_share
+from selfimprove.score.diagnostics import truncated_vote_share
+from selfimprove.score.rollouts import score_rollouts
 
 LONG = "x" * 1100  # the tiny model's context is 1024 tokens (one per character)
 

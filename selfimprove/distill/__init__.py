@@ -8,8 +8,7 @@ and evaluated on the held-out split. Names are imported on first use (no torch a
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from selfimprove.lazy import lazy_exports
 
 _EXPORTS = {
     "distill": "selfimprove.distill.runner",
@@ -18,19 +17,15 @@ _EXPORTS = {
     "load_config": "selfimprove.distill.config",
     "config_from_dict": "selfimprove.distill.config",
     "StudentScorer": "selfimprove.distill.scorer",
-    "Candidate": "selfimprove.distill.select",
-    "SelectionSettings": "selfimprove.distill.select",
-    "select": "selfimprove.distill.select",
+    "Candidate": "selfimprove.distill.selection",
+    "SelectionSettings": "selfimprove.distill.selection",
+    "select": "selfimprove.distill.selection",
     "label_groups": "selfimprove.distill.label",
     "write_report": "selfimprove.distill.report",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'selfimprove.distill' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

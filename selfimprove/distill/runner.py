@@ -386,7 +386,7 @@ class _Run:
 
     def resolved_size(self, size: int | None, cands: Sequence[Any]) -> int | None:
         """A null size: the number llkd keeps (when llkd is compared), else every labelled input."""
-        from selfimprove.distill.select import select
+        from selfimprove.distill.selection import select
 
         if size is not None:
             return size
@@ -406,7 +406,7 @@ class _Run:
         return self.fp("training", "evaluation", extra=[self.need_fp(), sel, strategy, size])
 
     def stage_select(self, vdir: Path, strategy: str, size: int | None) -> dict[str, Any]:
-        from selfimprove.distill.select import select
+        from selfimprove.distill.selection import select
 
         shutil.rmtree(vdir, ignore_errors=True)
         cands = self.candidates()
@@ -432,7 +432,7 @@ class _Run:
 
     def stage_train(self, vdir: Path, seed: int) -> dict[str, Any]:
         from selfimprove.data.build import _as_completion
-        from selfimprove.distill.select import weighted_rows
+        from selfimprove.distill.selection import weighted_rows
         from selfimprove.train.common import LoraSettings
         from selfimprove.train.sft import train_sft
 

@@ -46,7 +46,7 @@ def score_round(
     SUPERVISED run) are computed after the label-free scoring, from the train split's gold.
     ``terms``: (name, function, weight, reads_gold) instead of the config's ``scoring.rewards``.
     """
-    from selfimprove.score.diagnostics import score_rollouts
+    from selfimprove.score.rollouts import score_rollouts
 
     terms = build_rewards(config, task) if terms is None else list(terms)
     label_free = {name: (fn, w) for name, fn, w, gold in terms if not gold}

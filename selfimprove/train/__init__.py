@@ -5,8 +5,7 @@ Names are imported on first use, so ``import selfimprove.train`` does not load T
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from selfimprove.lazy import lazy_exports
 
 _EXPORTS = {
     "train_sft": "selfimprove.train.sft",
@@ -24,11 +23,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'selfimprove.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)
