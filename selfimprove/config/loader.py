@@ -32,6 +32,10 @@ class Section(BaseModel):
     # validate_assignment: overrides applied to a loaded config are checked too.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able dict with every key resolved (what a run folder's ``config.yaml`` holds)."""
+        return self.model_dump(mode="json")
+
 
 # ---------------------------------------------------------------------------------------------
 # YAML with line numbers
@@ -354,14 +358,42 @@ def load(
     return validate(schema, data, file=p, lines=lines, overrides=overrides, check=check)
 
 
+def load_named(
+    source: str | Path | Mapping[str, Any],
+    schema: type[M],
+    overrides: Sequence[str] = (),
+    *,
+    check: Callable[[M, KeySource], None] | None = None,
+    default_name: str = "config",
+) -> M:
+    """A config with a ``name`` key from a YAML file (``load``) or a dict (``validate``).
+
+    A config that sets no ``name`` takes the file's stem, or ``default_name`` for a dict.
+    """
+    if isinstance(source, Mapping):
+        cfg, name = validate(schema, source, overrides=overrides, check=check), default_name
+    else:
+        cfg, name = load(source, schema, overrides, check=check), Path(source).stem
+    if getattr(cfg, "name", None) is None:
+        cfg = cfg.model_copy(update={"name": name})
+    return cfg
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    """A resolved config as YAML text (every key, defaults filled in, in schema order)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
 __all__ = [
     "KeyPath",
     "KeySource",
     "Section",
     "apply_overrides",
     "check_kwargs",
+    "dump_yaml",
     "format_key_path",
     "load",
+    "load_named",
     "model_at",
     "model_in",
     "parse_override",

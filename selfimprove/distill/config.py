@@ -13,10 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from selfimprove.config.loader import KeySource, Section, check_kwargs, load, validate
+from selfimprove.config.loader import KeySource, Section, check_kwargs, dump_yaml, load_named
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import LoraConfig
 
@@ -292,10 +291,6 @@ class DistillConfig(Section):
         default_factory=DistillEvaluationConfig, description="Held-out evaluation."
     )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-able dict with every key resolved (what the run folder's ``config.yaml`` holds)."""
-        return self.model_dump(mode="json")
-
     def part_fingerprint(self, *keys: str) -> str:
         """A digest of the named top-level sections (what a stage's results depend on)."""
         d = self.to_dict()
@@ -363,26 +358,19 @@ def check_config(cfg: DistillConfig, where: KeySource) -> None:
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DistillConfig:
     """Read a distillation config with overrides; errors name file:line and the key."""
-    p = Path(path)
-    cfg = load(p, DistillConfig, overrides, check=check_config)
-    if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": p.stem})
-    return cfg
+    return load_named(Path(path), DistillConfig, overrides, check=check_config)
 
 
 def config_from_dict(
     data: Mapping[str, Any], overrides: Sequence[str] = (), *, name: str = "distill"
 ) -> DistillConfig:
     """Validate a config given as a dict (e.g. from Python) the same way as a file."""
-    cfg = validate(DistillConfig, data, overrides=overrides, check=check_config)
-    if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": name})
-    return cfg
+    return load_named(data, DistillConfig, overrides, check=check_config, default_name=name)
 
 
 def dump_config(cfg: DistillConfig) -> str:
     """The resolved config as YAML text."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    return dump_yaml(cfg)
 
 
 def update_docs(path: str | Path) -> bool:

@@ -21,10 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from selfimprove.config.loader import KeyPath, apply_overrides, load, parse_override, validate
+from selfimprove.config.loader import KeyPath, apply_overrides, dump_yaml, load, parse_override, validate
 from selfimprove.config.loader import KeySource as _Where
 from selfimprove.config.loader import Section as _Section
 from selfimprove.config.loader import check_kwargs as _check_kwargs
@@ -513,10 +512,6 @@ class RunConfig(_Section):
     loop: LoopConfig = Field(default_factory=LoopConfig, description="Rounds, seed, guard.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Run folder and logging.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-able dict with every key resolved (what `config.yaml` of a run holds)."""
-        return self.model_dump(mode="json")
-
     def fingerprint(self) -> str:
         """A digest of the settings that change results (output location excluded).
 
@@ -763,7 +758,7 @@ def load_config(
 
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML text (every key, defaults filled in)."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    return dump_yaml(cfg)
 
 
 # Sub-configs documented as keys with their fields below them (a list item, an optional judge).

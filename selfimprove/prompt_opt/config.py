@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from selfimprove.config.loader import KeySource, Section, check_kwargs, load, suggest, validate
+from selfimprove.config.loader import KeySource, Section, check_kwargs, dump_yaml, load_named, suggest
 from selfimprove.errors import ConfigError
 
 BACKENDS = ("vllm", "hf", "openai")
@@ -310,10 +309,6 @@ class PromptOptConfig(Section):
         """The example questions (``qa`` or ``faq``)."""
         return list(self.qa if self.qa is not None else self.faq or [])
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-able dict with every key resolved (what ``config.yaml`` of a workspace holds)."""
-        return self.model_dump(mode="json")
-
     def fingerprint(self) -> str:
         """A digest of the settings that change results.
 
@@ -475,26 +470,19 @@ def check_config(cfg: PromptOptConfig, where: KeySource) -> None:
 
 def load_task(path: str | Path, overrides: Sequence[str] = ()) -> PromptOptConfig:
     """Read a task file (MetaGPT format plus optional settings) with overrides; errors name file:line."""
-    p = Path(path)
-    cfg = load(p, PromptOptConfig, overrides, check=check_config)
-    if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": p.stem})
-    return cfg
+    return load_named(Path(path), PromptOptConfig, overrides, check=check_config)
 
 
 def task_from_dict(
     data: Mapping[str, Any], overrides: Sequence[str] = (), *, name: str = "task"
 ) -> PromptOptConfig:
     """Validate a task given as a dict (e.g. from Python) the same way as a file."""
-    cfg = validate(PromptOptConfig, data, overrides=overrides, check=check_config)
-    if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": name})
-    return cfg
+    return load_named(data, PromptOptConfig, overrides, check=check_config, default_name=name)
 
 
 def dump_task(cfg: PromptOptConfig) -> str:
     """The resolved task and settings as YAML text."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    return dump_yaml(cfg)
 
 
 # Sub-configs documented as keys with their fields below them (list items, optional settings).
