@@ -37,12 +37,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfimprove import errors
 from selfimprove.errors import SelfImproveError
 from selfimprove.runs.io import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
-from selfimprove.train.common import TrainResult
+
+if TYPE_CHECKING:  # imported where used: it loads transformers, which a stopped launch never needs
+    from selfimprove.train.common import TrainResult
 
 LAUNCH_DIR = "train_launch"
 SPEC_FILE = "spec.json"
@@ -146,6 +148,8 @@ def launch_training(
             f"training under accelerate launch ended without a result ({work / RESULT_FILE} is missing); "
             f"its output: {log_path}"
         )
+    from selfimprove.train.common import TrainResult
+
     return TrainResult.from_dict(read_json(work / RESULT_FILE))
 
 
