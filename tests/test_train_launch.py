@@ -49,6 +49,12 @@ def test_a_missing_accelerate_config_is_refused_at_load_with_file_and_line(tmp_p
         ConfigError, match=r"distill\.yaml:6: training\.accelerate_config: accelerate config not"
     ):
         load_distill(tmp_path / "distill.yaml")
+    # A file removed after the config loaded: the train stage says so, and starts nothing.
+    from selfimprove.train.launch import launch_training
+
+    with pytest.raises(ConfigError, match=r"training\.accelerate_config: accelerate config not found: gone"):
+        launch_training("x:y", {}, [{}], tmp_path / "adapter", accelerate_config="gone.yaml")
+    assert not (tmp_path / "train_launch").exists()
 
 
 def test_relative_paths_are_read_from_the_working_folder_then_from_the_shipped_configs(tmp_path, monkeypatch):

@@ -578,7 +578,6 @@ def train_student(
     """
     tr = cfg.training
     if tr.accelerate_config is not None:
-        from selfimprove.config.sections import resolve_accelerate_config
         from selfimprove.train.launch import launch_training
 
         payload = {"config": cfg.to_dict(), "model": student_model, "seed": seed, "progress": progress}
@@ -587,7 +586,7 @@ def train_student(
             payload,
             rows,
             out_dir,
-            accelerate_config=resolve_accelerate_config(tr.accelerate_config),
+            accelerate_config=tr.accelerate_config,
             progress=progress,
         )
     from selfimprove.train.common import LoraSettings
@@ -619,7 +618,7 @@ def train_student_launched(
     payload: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path
 ) -> Any:
     """:func:`train_student` in one of the processes of ``accelerate launch`` (see selfimprove.train.launch)."""
-    cfg = config_from_dict(payload["config"], name=str(payload["config"].get("name") or "distill"))
+    cfg = DistillConfig.model_validate(payload["config"])  # checked in full when the job loaded it
     cfg.training.accelerate_config = None  # this process trains
     return train_student(
         cfg, payload["model"], rows, out_dir, int(payload["seed"]), bool(payload["progress"])

@@ -148,7 +148,6 @@ def train_round(
     config, so ``terms`` must be the config's own.
     """
     if config.training.accelerate_config is not None:
-        from selfimprove.config.sections import resolve_accelerate_config
         from selfimprove.train.launch import launch_training
 
         payload = {
@@ -163,7 +162,7 @@ def train_round(
             payload,
             rows,
             out_dir,
-            accelerate_config=resolve_accelerate_config(config.training.accelerate_config),
+            accelerate_config=config.training.accelerate_config,
             progress=progress,
         )
     method = config.training.method

@@ -116,9 +116,17 @@ def launch_training(
     """Train under ``accelerate launch`` with ``accelerate_config``; return rank 0's TrainResult.
 
     ``entry`` (``module:function``) is called in every process as ``entry(payload, rows, out_dir)``
-    and returns the TrainResult; ``payload`` is what it needs beyond the rows (JSON-able). Raises
-    LaunchError (or the error the training raised) with the log path when the processes fail.
+    and returns the TrainResult; ``payload`` is what it needs beyond the rows (JSON-able).
+    ``accelerate_config`` is read as ``training.accelerate_config`` is (working folder, then the
+    shipped configs). Raises LaunchError (or the error the training raised) with the log path when
+    the processes fail.
     """
+    from selfimprove.config.sections import resolve_accelerate_config
+
+    try:
+        accelerate_config = resolve_accelerate_config(accelerate_config)
+    except FileNotFoundError as exc:
+        raise errors.ConfigError(f"training.accelerate_config: accelerate config not found: {exc}") from None
     out_dir = Path(out_dir)
     work = launch_dir(out_dir)
     shutil.rmtree(work, ignore_errors=True)  # nothing of an earlier attempt is read back
