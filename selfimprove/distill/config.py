@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from selfimprove.config.loader import KeySource, Section, check_kwargs, dump_yaml, load_named
+from selfimprove.config.sections import accelerate_config_field, check_accelerate_config
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import LoraConfig
 
@@ -248,6 +249,7 @@ class DistillTrainingConfig(Section):
     trl: dict[str, Any] = Field(
         default_factory=dict, description="Any other field of TRL's SFTConfig (checked against it)."
     )
+    accelerate_config: str | None = accelerate_config_field()
 
 
 class DistillEvaluationConfig(Section):
@@ -340,6 +342,7 @@ def check_config(cfg: DistillConfig, where: KeySource) -> None:
     check_kwargs(
         _backend_init(cfg.student.backend), cfg.student.options, "student.options", where, ["self", "model"]
     )
+    check_accelerate_config(cfg.training.accelerate_config, where)
     if cfg.training.trl:
         import dataclasses
 

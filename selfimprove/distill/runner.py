@@ -193,6 +193,9 @@ class _Run:
         import json
 
         d = self.cfg.to_dict()
+        if d["training"].get("accelerate_config") is None:
+            # A key added later: unset, it leaves the fingerprints of earlier run folders as they were.
+            d["training"].pop("accelerate_config", None)
         blob = json.dumps([{k: d[k] for k in parts}, extra], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -433,8 +436,6 @@ class _Run:
     def stage_train(self, vdir: Path, seed: int) -> dict[str, Any]:
         from selfimprove.data.build import _as_completion
         from selfimprove.distill.selection import weighted_rows
-        from selfimprove.train.common import LoraSettings
-        from selfimprove.train.sft import train_sft
 
         selected = read_jsonl(vdir / "selection.jsonl")
         if not selected:
@@ -451,26 +452,7 @@ class _Run:
         if weighted:
             rows = weighted_rows(rows, weights, len(rows), seed)
         write_jsonl_atomic(vdir / "train_rows.jsonl", rows)
-        lora = LoraSettings(
-            r=tr.lora.rank,
-            alpha=int(tr.lora.alpha),
-            dropout=tr.lora.dropout,
-            target_modules=tr.lora.target_modules
-            if isinstance(tr.lora.target_modules, str)
-            else tuple(tr.lora.target_modules),
-        )
-        args: dict[str, Any] = {
-            "learning_rate": tr.learning_rate,
-            "num_train_epochs": tr.epochs,
-            "per_device_train_batch_size": tr.batch_size,
-            "disable_tqdm": not self.progress,
-        }
-        if tr.max_steps is not None:
-            args["max_steps"] = tr.max_steps
-        if tr.max_length is not None:
-            args["max_length"] = tr.max_length
-        args.update(tr.trl)
-        result = train_sft(self.student_model, rows, vdir / "adapter", lora=lora, args=args, seed=seed)
+        result = train_student(self.cfg, self.student_model, rows, vdir / "adapter", seed, self.progress)
         losses = result.loss_history
         return {
             "rows": len(rows),
@@ -480,6 +462,7 @@ class _Run:
             "loss_last": losses[-1] if losses else None,
             "dropped": result.dropped,
             "seconds": result.seconds,
+            "world_size": result.world_size,
         }
 
     def stage_evaluate(self, vdir: Path) -> dict[str, Any]:
@@ -564,6 +547,68 @@ class _Run:
         }
         write_json_atomic(self.dir / RESULTS_FILE, summary)
         return summary
+
+
+def train_student(
+    cfg: DistillConfig,
+    student_model: str,
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    seed: int,
+    progress: bool,
+) -> Any:
+    """LoRA SFT of the student on ``rows`` into ``out_dir`` (``training.*``); return the TrainResult.
+
+    With ``training.accelerate_config`` it runs under ``accelerate launch`` (each process calls
+    :func:`train_student_launched`, which calls this function in-process).
+    """
+    tr = cfg.training
+    if tr.accelerate_config is not None:
+        from selfimprove.train.launch import launch_training
+
+        payload = {"config": cfg.to_dict(), "model": student_model, "seed": seed, "progress": progress}
+        return launch_training(
+            "selfimprove.distill.runner:train_student_launched",
+            payload,
+            rows,
+            out_dir,
+            accelerate_config=tr.accelerate_config,
+            progress=progress,
+        )
+    from selfimprove.train.common import LoraSettings
+    from selfimprove.train.sft import train_sft
+
+    lora = LoraSettings(
+        r=tr.lora.rank,
+        alpha=int(tr.lora.alpha),
+        dropout=tr.lora.dropout,
+        target_modules=tr.lora.target_modules
+        if isinstance(tr.lora.target_modules, str)
+        else tuple(tr.lora.target_modules),
+    )
+    args: dict[str, Any] = {
+        "learning_rate": tr.learning_rate,
+        "num_train_epochs": tr.epochs,
+        "per_device_train_batch_size": tr.batch_size,
+        "disable_tqdm": not progress,
+    }
+    if tr.max_steps is not None:
+        args["max_steps"] = tr.max_steps
+    if tr.max_length is not None:
+        args["max_length"] = tr.max_length
+    args.update(tr.trl)
+    return train_sft(student_model, rows, out_dir, lora=lora, args=args, seed=seed)
+
+
+def train_student_launched(
+    payload: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path
+) -> Any:
+    """:func:`train_student` in one of the processes of ``accelerate launch`` (see selfimprove.train.launch)."""
+    cfg = DistillConfig.model_validate(payload["config"])  # checked in full when the job loaded it
+    cfg.training.accelerate_config = None  # this process trains
+    return train_student(
+        cfg, payload["model"], rows, out_dir, int(payload["seed"]), bool(payload["progress"])
+    )
 
 
 def _mean(xs: Sequence[float]) -> float | None:

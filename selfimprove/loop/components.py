@@ -203,6 +203,13 @@ def user_reward_terms(
     or ``(function, weight)``. A function marked with :func:`selfimprove.gold.supervised_reward`
     needs ``supervised: true``.
     """
+    if rewards and config.training.accelerate_config is not None and config.training.method == "grpo":
+        raise ConfigError(
+            "run(rewards=...): GRPO trains with the reward functions, and under training.accelerate_config "
+            f"({config.training.accelerate_config}) they would have to reach other processes, which Python "
+            "functions cannot; name them in scoring.rewards (a registered reward or 'module:function'), or "
+            "set training.accelerate_config: null"
+        )
     terms = []
     for i, item in enumerate(rewards):
         fn, weight = item if isinstance(item, tuple) else (item, 1.0)

@@ -28,6 +28,7 @@ from selfimprove.config.loader import KeySource as _Where
 from selfimprove.config.loader import Section as _Section
 from selfimprove.config.loader import check_kwargs as _check_kwargs
 from selfimprove.config.loader import suggest as _suggest
+from selfimprove.config.sections import accelerate_config_field, check_accelerate_config
 from selfimprove.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +392,7 @@ class TrainingConfig(_Section):
         "`degree_paper_weight` (the paper's degraded responses, `spo_degree_paper`); see docs/training.md. "
         "Checked against TRL's field names and the trainer's keywords.",
     )
+    accelerate_config: str | None = accelerate_config_field()
 
 
 class EvaluationConfig(_Section):
@@ -548,6 +550,7 @@ _FINGERPRINT_OMITTED_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("task", "long_prompts"): "error",
     ("task", "system_prompt"): None,
     ("task", "system_prompt_file"): None,
+    ("training", "accelerate_config"): None,
     ("scoring", "vote_truncated"): True,
     # A guard rule only: a resumed run is checked by it from its next round on.
     ("loop", "guard", "max_no_answer_increase"): 0.15,
@@ -680,6 +683,7 @@ def _check_generation(cfg: RunConfig, where: _Where) -> None:
 def _cross_check(cfg: RunConfig, where: _Where) -> None:
     """Checks that need other modules: generation options, reward names, builder options, TRL fields."""
     _check_generation(cfg, where)
+    check_accelerate_config(cfg.training.accelerate_config, where)
     from selfimprove.data import build as build_mod
     from selfimprove.score import rewards as rewards_mod
 

@@ -6,6 +6,7 @@ Every prompt the run will send is checked with the model's tokenizer before anyt
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,13 @@ from selfimprove.gold import check_record_no_gold
 from selfimprove.loop.config import RunConfig
 from selfimprove.tasks.base import SystemPromptTask
 
+# The tasks load_task built from a config's task section (by id, while a run holds them): the
+# training processes of `training.accelerate_config` rebuild these, and no other task object.
+_CONFIG_TASKS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
 
 def load_task(config: RunConfig):
+    """The task of the config's ``task`` section (with its system prompt, if any)."""
     from selfimprove.tasks import task_from_section
 
     t = config.task
@@ -31,7 +37,30 @@ def load_task(config: RunConfig):
             ) from None
         if not system_prompt:
             raise ConfigError(f"task.system_prompt_file: {t.system_prompt_file} is empty")
-    return SystemPromptTask(task, system_prompt) if system_prompt else task
+    task = SystemPromptTask(task, system_prompt) if system_prompt else task
+    try:
+        _CONFIG_TASKS[id(task)] = task
+    except TypeError:  # not weakly referenceable: check_launch_task then refuses nothing
+        pass
+    return task
+
+
+def check_launch_task(config: RunConfig, task) -> None:
+    """Refuse a task object given to run() when GRPO trains under ``training.accelerate_config``.
+
+    The training processes rebuild the reward terms (the task's extractor) and, in a SUPERVISED
+    run, the gold from the config's ``task`` section; another task object would silently differ.
+    """
+    tr = config.training
+    if tr.accelerate_config is None or tr.method != "grpo" or _CONFIG_TASKS.get(id(task)) is task:
+        return
+    if not hasattr(type(task), "__weakref__"):
+        return
+    raise ConfigError(
+        "run(task=...): GRPO under training.accelerate_config rebuilds the task from the config's task "
+        "section in each training process, so a Task object given from Python cannot be used; describe it "
+        "in the task section (e.g. task.file), or set training.accelerate_config: null"
+    )
 
 
 def train_seed(config: RunConfig, r: int) -> int:
@@ -99,6 +128,7 @@ def check_inputs(config: RunConfig, task, model_path: str) -> tuple[set[str], li
     """
     from selfimprove.generate.inputs import check_prompts, context_length, has_chat_template, load_tokenizer
 
+    check_launch_task(config, task)
     tokenizer = load_tokenizer(model_path, trust_remote_code=config.model.trust_remote_code)
     if config.task.chat_template and not has_chat_template(tokenizer):
         raise ConfigError(

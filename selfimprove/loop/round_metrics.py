@@ -83,6 +83,13 @@ def round_metrics(
     ):
         if rs.get(key) is not None:
             m[name] = rs[key]
+    result_path = rdir / "adapter" / "train_result.json"
+    if result_path.is_file():
+        # Processes that trained this round's adapter together (training.accelerate_config); a
+        # round trained in one process leaves the key out, as rounds did before the key existed.
+        world = read_json(result_path).get("world_size", 1)
+        if isinstance(world, int) and world > 1:
+            m["train/world_size"] = world
     for stage, secs in rs.get("seconds", {}).items():
         m[f"time/{stage}"] = secs
     if rs.get("skipped_training"):

@@ -143,7 +143,28 @@ def train_round(
 
     GRPO gets the reward ``terms`` (name, function, weight, reads_gold); when one reads gold (a
     SUPERVISED run only), ``gold`` (the train split's) is added to the rows as the ``answer`` column.
+    With ``training.accelerate_config`` the training runs under ``accelerate launch``
+    (:func:`train_round_launched`): the processes rebuild the reward terms and the gold from the
+    config, so ``terms`` must be the config's own.
     """
+    if config.training.accelerate_config is not None:
+        from selfimprove.train.launch import launch_training
+
+        payload = {
+            "config": config.to_dict(),
+            "model": model_path,
+            "round": r,
+            "adapter_init": adapter_init,
+            "progress": progress,
+        }
+        return launch_training(
+            "selfimprove.loop.scoring:train_round_launched",
+            payload,
+            rows,
+            out_dir,
+            accelerate_config=config.training.accelerate_config,
+            progress=progress,
+        )
     method = config.training.method
     if method == "sft":
         from selfimprove.train.sft import train_sft as trainer
@@ -166,3 +187,35 @@ def train_round(
         args.setdefault("reward_weights", [w for _n, _f, w, _g in terms])
     common = {"adapter_init": adapter_init, "lora": lora_settings(config), "seed": config.loop.seed + r}
     return trainer(model_path, rows, out_dir=out_dir, args=args, **common, **kwargs)
+
+
+def train_round_launched(payload: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path) -> Any:
+    """:func:`train_round` in one of the processes of ``accelerate launch`` (see selfimprove.train.launch).
+
+    The config, the task, the GRPO reward terms (from the registry) and, in a SUPERVISED run, the
+    train split's gold are rebuilt here from the config, as the in-process path builds them.
+    """
+    from selfimprove.loop.config import load_config
+    from selfimprove.loop.inputs import load_task
+
+    config = load_config(payload["config"], cross_check=False)
+    config.training.accelerate_config = None  # this process trains
+    r = int(payload["round"])
+    terms: list[tuple[str, Callable[..., list], float, bool]] = []
+    gold = None
+    if config.training.method == "grpo":
+        task = load_task(config)
+        terms = build_rewards(config, task)
+        if any(reads for *_x, reads in terms):
+            gold = train_gold(config, task, r)
+    return train_round(
+        config,
+        payload["model"],
+        rows,
+        out_dir,
+        r,
+        adapter_init=payload["adapter_init"],
+        terms=terms,
+        gold=gold,
+        progress=bool(payload["progress"]),
+    )

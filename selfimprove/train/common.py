@@ -65,12 +65,22 @@ class TrainResult:
     dropped: dict[str, int] = field(default_factory=dict)
     # Per-step values of every logged metric (e.g. "logps/chosen"), for monitors and plots.
     history: dict[str, list[float]] = field(default_factory=dict)
+    # Processes that trained together (accelerate's num_processes; 1 in a single process).
+    world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         d = dataclasses.asdict(self)
         d["adapter_path"] = str(self.adapter_path)
         return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainResult:
+        """The result :meth:`to_dict` wrote (e.g. ``train_result.json``); unknown keys are left out."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["adapter_path"] = Path(values["adapter_path"])
+        return cls(**values)
 
 
 def cpu_safe_defaults() -> dict[str, Any]:
@@ -245,6 +255,7 @@ def run_and_save(
         rows_in=rows_in,
         dropped=dropped,
         history=history,
+        world_size=int(trainer.accelerator.num_processes),
     )
     if trainer.is_world_process_zero():
         write_result(result, out_dir)
