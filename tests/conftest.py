@@ -18,6 +18,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+# A suite started in the background by a script (`make test &`) inherits SIGINT ignored, and so
+# would every command the tests start: the tests that press Ctrl-C need it delivered as in a
+# terminal. A handled signal is reset to its default in a started program, so this restores it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

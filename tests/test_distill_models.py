@@ -36,10 +36,10 @@ def char_student(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bpe_student(tmp_path_factory) -> Path:
     """A 1-layer random Qwen2 whose tokenizer has BPE merges and another id order than the teacher's."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    from selfimprove.models.tiny import SPECIAL_TOKENS, TEMPLATES, build_tiny_model, byte_symbols
+    from selfimprove.models.tiny import SPECIAL_TOKENS, TEMPLATES, build_tiny_model
 
     out = build_tiny_model(
         tmp_path_factory.mktemp("bpe_student"),
@@ -58,9 +58,11 @@ def bpe_student(tmp_path_factory) -> Path:
         ("i", "s"),
         ("Ġ", "is"),
     ]
+    # The teacher-like tokenizer's byte symbols, in reverse id order, then merges.
+    base = AutoTokenizer.from_pretrained(out).get_vocab()
+    symbols = [t for t, _i in sorted(base.items(), key=lambda kv: kv[1]) if t not in SPECIAL_TOKENS]
     vocab = {
-        t: i
-        for i, t in enumerate(SPECIAL_TOKENS + list(reversed(byte_symbols())) + [a + b for a, b in merges])
+        t: i for i, t in enumerate(SPECIAL_TOKENS + list(reversed(symbols)) + [a + b for a, b in merges])
     }
     tok = Qwen2Tokenizer(
         vocab=vocab,
@@ -89,7 +91,7 @@ def direct_scores(model_dir: Path, prompt, completion: str) -> tuple[float, floa
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfimprove.generate._common import render_prompt
+    from selfimprove.generate import render_prompt
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()

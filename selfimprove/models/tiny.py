@@ -32,7 +32,7 @@ SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|u
 CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
 
 
-def byte_symbols() -> list[str]:
+def _byte_symbols() -> list[str]:
     """GPT-2's byte-to-unicode symbols, printable ASCII first (so those get the low ids)."""
     # GPT-2's table: printable bytes map to themselves, the others to chr(256 + i) in order.
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -63,7 +63,7 @@ def build_char_tokenizer(out_dir: str | Path | None = None, template: str = "cha
 
     if template not in TEMPLATES:
         raise ValueError(f"unknown chat template {template!r}; choose one of {', '.join(TEMPLATES)}")
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + byte_symbols())}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + _byte_symbols())}
     tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
