@@ -42,11 +42,17 @@ PROMPTS, N, MAX_TOKENS, SEED = 256, 8, 40, 0
 
 
 def demo_prompts(count: int) -> list:
-    """Train prompts of the demo's task (prompt records; the gold mapping is dropped here)."""
-    from selfimprove.tasks import get_task
+    """The prompts of the demo's first round, as `selfimprove demo` builds them (configs/demo.yaml).
 
-    prompts, _gold_unused = get_task("string_ops").make_split("train", n=count, seed=SEED, level=1)
-    return [p["prompt"] for p in prompts]
+    Built by the loop's own code, so they are what the shipped model was trained on (no
+    "End with 'The answer is X.'" suffix for a `builtin:` model); with that suffix the model
+    answers in about 2 tokens instead of about 20 and the workload is not the demo's.
+    """
+    from selfimprove.loop.config import load_config
+    from selfimprove.loop.inputs import load_task, train_prompts
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"task.train_size={count}"])
+    return [p["prompt"] for p in train_prompts(cfg, load_task(cfg), 1, set())]
 
 
 def phase(kind: str) -> dict:
