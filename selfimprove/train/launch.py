@@ -314,5 +314,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _leave(code: int) -> None:
+    """End a training process once its work is done, without the interpreter's teardown.
+
+    With gloo, a rank whose C++ threads are destroyed at interpreter exit can abort (SIGABRT,
+    "terminate called without an active exception") after training finished, and the launcher
+    then reports the whole stage failed. The ranks meet, the process group is closed, output is
+    flushed, and the process exits at once.
+    """
+    if code == 0:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+        except Exception as exc:  # the result is written; say why the clean close failed
+            print(f"closing the process group: {type(exc).__name__}: {exc}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _leave(main())
