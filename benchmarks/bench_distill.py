@@ -1,8 +1,9 @@
 """Teacher -> student distillation: student accuracy per selection strategy at equal numbers of samples.
 
-For each bundled family: the teacher is the family's shipped model (``builtin:<task>``), the
-student a smaller, weaker model the toolkit builds (``build_base_model`` with one layer and few
-steps, cached). One ``selfimprove distill`` run per seed labels the same unlabeled inputs, then
+For each bundled family: the teacher is the family's shipped model (``builtin:<task>``, four
+layers), the student a smaller, weaker model the toolkit builds with the family's own recipe
+(``build_base_model``: two layers, and a larger share of slipped solutions in the late
+pre-training, so it knows the format but answers right less often; cached). One ``selfimprove distill`` run per seed labels the same unlabeled inputs, then
 trains one student adapter per strategy (random, confidence, need, llkd) and size, and evaluates
 each on the held-out split. The table gives the mean and spread over seeds of the student's
 pass@1 and maj@k after training, next to the teacher and the student before training, and the
@@ -36,20 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 STRATEGIES = ("random", "confidence", "need", "llkd")
 
 
-def build_student(task: str, steps: int, progress: bool) -> Path:
-    """A one-layer, 64-wide model pre-trained for ``steps`` on the family's base split (cached)."""
+def build_student(task: str, layers: int, slip: float, progress: bool) -> Path:
+    """The family's recommended base-model recipe with ``layers`` layers and slip rate ``slip`` (cached)."""
     from selfimprove.models.base_model import build_base_model, recommended_settings
 
-    settings = recommended_settings(
-        task,
-        hidden_size=64,
-        num_layers=1,
-        num_heads=1,
-        steps=steps,
-        clean_target=0.0,
-        eval_prompts=0,
-        threads=1,
-    )
+    settings = recommended_settings(task, num_layers=layers, slip_rate=slip, eval_prompts=100)
     return build_base_model(settings, progress=progress)
 
 
@@ -161,7 +153,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--student-steps", type=int, default=300)
+    parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--student-slip", type=float, default=0.8)
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--root", default="runs/bench_distill")
     parser.add_argument("--out", default="benchmarks/results/distill/RESULTS.md")
@@ -170,7 +163,7 @@ def main() -> None:
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     raw: dict[str, list[dict[str, Any]]] = {}
     for task in args.tasks:
-        student = build_student(task, args.student_steps, progress=False)
+        student = build_student(task, args.student_layers, args.student_slip, progress=False)
         for seed in args.seeds:
             print(f"{task} seed {seed} ...", file=sys.stderr, flush=True)
             raw.setdefault(task, []).append(run_one(task, student, seed, root, args))
@@ -181,7 +174,8 @@ def main() -> None:
         f"- command: `{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`",
         f"- date: {started}; commit {git_commit()}; machine: {info['cpu']}, {info['nproc']} cores, GPUs: {info['gpus']}",
         f"- teacher: the family's shipped model (`builtin:<task>`, backend {args.backend}, k={args.k}); student: a "
-        f"1-layer, 64-wide model built by `build_base_model` ({args.student_steps} steps); LoRA SFT on the teacher's "
+        f"{args.student_layers}-layer model built by `build_base_model` with the family's recipe and slip rate "
+        f"{args.student_slip}; LoRA SFT on the teacher's "
         f"completion, {args.epochs} epochs, lr {args.lr}; held-out: {args.eval_size} prompts x 8 samples.",
         f"- seeds: {', '.join(map(str, args.seeds))} (mean ± standard deviation over seeds; ± 0.0 with one seed)",
         "",

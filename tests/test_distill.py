@@ -246,3 +246,46 @@ def test_docs_table_is_current(tmp_path):
     assert not update_docs(copy), (
         "docs/distill.md is stale: python -m selfimprove.distill.config docs/distill.md"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Distilling step-by-step: the rationale as a second, prefixed task
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rationale_is_the_worked_solution_without_the_answer_sentence():
+    from selfimprove.distill.runner import rationale_text
+
+    text = "59 - 7: units 9 - 7 = 2, tens 5.\nThe answer is 52."
+    row = {"completion": text, "completion_span": list(answer_span(text, "52"))}
+    assert rationale_text(row) == "59 - 7: units 9 - 7 = 2, tens 5."
+    assert rationale_text({"completion": "The answer is OID.", "completion_span": [14, 17]}) == ""
+    assert rationale_text({"completion": "no span here", "completion_span": None}) == "no span here"
+
+
+def test_rationale_target_gives_two_prefixed_tasks_and_a_predict_prompt():
+    from selfimprove.distill.runner import eval_prefix, training_pairs, with_prefix
+    from selfimprove.tasks import get_task
+
+    task = get_task("arithmetic", instruction=False)
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Jon has 59 apples."}]
+    text = "59 - 7 = 52.\nThe answer is 52."
+    row = {"prompt": prompt, "teacher_label": "52", "completion": text, "completion_span": [27, 29]}
+    cfg = config_from_dict(BASE, ["training.target=rationale"])
+    pairs = training_pairs(row, cfg.training, task)
+    assert pairs == [
+        ([prompt[0], {"role": "user", "content": "predict: Jon has 59 apples."}], "The answer is 52."),
+        ([prompt[0], {"role": "user", "content": "explain: Jon has 59 apples."}], "59 - 7 = 52."),
+    ]
+    assert prompt[1]["content"] == "Jon has 59 apples."  # the input row is not changed
+    assert eval_prefix(cfg) == "predict: " and eval_prefix(config_from_dict(BASE)) == ""
+    # a sample that is only the answer: the label task alone
+    only = {**row, "completion": "The answer is 52.", "completion_span": [14, 16]}
+    assert [t for _p, t in training_pairs(only, cfg.training, task)] == ["The answer is 52."]
+    # the other targets: one pair, the prompt unchanged
+    assert training_pairs(row, config_from_dict(BASE).training, task) == [(prompt, text)]
+    label_cfg = config_from_dict(BASE, ["training.target=label"])
+    assert training_pairs(row, label_cfg.training, task) == [(prompt, "The answer is 52.")]
+    assert with_prefix("plain prompt", "p: ") == "p: plain prompt"
+    with pytest.raises(ConfigError, match="could not tell the label task from the rationale task"):
+        config_from_dict(BASE, ["training.target=rationale", "training.explain_prefix='predict: '"])

@@ -316,6 +316,47 @@ def test_gold_never_reaches_selection_or_training(tmp_path, char_student):
 
 
 @pytest.mark.slow
+def test_rationale_two_task_training_end_to_end(tmp_path, char_student):
+    """Distilling step-by-step on arithmetic (the teacher writes worked solutions): per selected
+    input a predict row (the label) and an explain row (the teacher's solution without its answer
+    sentence); the trained student is evaluated with the predict prefix, the base student without."""
+    from selfimprove.distill import distill
+    from selfimprove.distill.runner import rationale_text
+
+    cfg = base_config(
+        char_student,
+        teacher={"model": "builtin:arithmetic", "k": 2, "max_tokens": 120},
+        task={"name": "arithmetic", "unlabeled_size": 8, "eval_size": 4},
+        selection={"strategies": ["llkd"], "sizes": [4]},
+        training={"target": "rationale"},
+        evaluation={"n": 2, "k": [2]},
+    )
+    run_dir = tmp_path / "run"
+    s = distill(cfg, run_dir, progress=False).summary
+    labels = {r["prompt_id"]: r for r in read_jsonl(run_dir / "labels.jsonl")}
+    selected = read_jsonl(run_dir / "variants" / "llkd-4" / "selection.jsonl")
+    rows = read_jsonl(run_dir / "variants" / "llkd-4" / "train_rows.jsonl")
+    by_question = {r["prompt"][-1]["content"]: r["prompt_id"] for r in labels.values()}
+    predict = [r for r in rows if r["prompt"][-1]["content"].startswith("predict: ")]
+    explain = [r for r in rows if r["prompt"][-1]["content"].startswith("explain: ")]
+    assert len(predict) + len(explain) == len(rows) and len(predict) == len(selected) == 4
+    for r in predict:
+        pid = by_question[r["prompt"][-1]["content"][len("predict: ") :]]
+        assert r["completion"][0]["content"] == f"The answer is {labels[pid]['teacher_label']}."
+    assert explain, "the arithmetic teacher writes worked solutions"
+    for r in explain:
+        pid = by_question[r["prompt"][-1]["content"][len("explain: ") :]]
+        assert r["completion"][0]["content"] == rationale_text(labels[pid]) != ""
+        assert "The answer is" not in r["completion"][0]["content"]
+    assert s["variants"][0]["train"]["rationale_rows"] == len(explain)
+    after = read_jsonl(run_dir / "variants" / "llkd-4" / "eval" / "rollouts.jsonl")
+    before = read_jsonl(run_dir / "eval" / "student_before" / "rollouts.jsonl")
+    assert after and all(r["prompt"][-1]["content"].startswith("predict: ") for r in after)
+    assert before and not any(r["prompt"][-1]["content"].startswith("predict: ") for r in before)
+    assert_no_gold_keys(run_dir)
+
+
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, char_student):
     cfg_path = tmp_path / "cfg.yaml"
     import yaml

@@ -229,11 +229,22 @@ class SelectionConfig(Section):
 class DistillTrainingConfig(Section):
     """LoRA SFT of the student on the selected labels."""
 
-    target: Literal["label", "completion"] = Field(
+    target: Literal["label", "completion", "rationale"] = Field(
         "completion",
         description="What the student learns to write: `label` (the label in the task's answer format, "
-        "e.g. 'The answer is X.') or `completion` (the teacher's first sample that gave the label: its "
-        "worked solution and the label).",
+        "e.g. 'The answer is X.'), `completion` (the teacher's first sample that gave the label: its "
+        "worked solution and the label) or `rationale` (distilling step-by-step: two rows per input, "
+        "`predict_prefix` + prompt -> the label and `explain_prefix` + prompt -> the worked solution of "
+        "that sample without its answer sentence; the trained student is evaluated with the predict "
+        "prefix and writes only the label).",
+    )
+    predict_prefix: str = Field(
+        "predict: ",
+        description="`target: rationale`: text put before the prompt of the label task (and of every "
+        "evaluation prompt of the trained student).",
+    )
+    explain_prefix: str = Field(
+        "explain: ", description="`target: rationale`: text put before the prompt of the rationale task."
     )
     weighted: bool = Field(
         True,
@@ -250,6 +261,15 @@ class DistillTrainingConfig(Section):
         default_factory=dict, description="Any other field of TRL's SFTConfig (checked against it)."
     )
     accelerate_config: str | None = accelerate_config_field()
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> DistillTrainingConfig:
+        if self.target == "rationale" and self.predict_prefix == self.explain_prefix:
+            raise ValueError(
+                f"predict_prefix and explain_prefix are both {self.predict_prefix!r}: the student could not "
+                "tell the label task from the rationale task"
+            )
+        return self
 
 
 class DistillEvaluationConfig(Section):

@@ -113,8 +113,62 @@ def label_text(task: Any, label: str) -> str:
 
 
 def training_text(row: Mapping[str, Any], target: str, task: Any) -> str:
-    """What the student learns to write for a labelled input (``training.target``)."""
+    """What the student learns to write for a labelled input (``training.target``; for
+    ``rationale``, the label task's text: see :func:`training_pairs`)."""
     return row["completion"] if target == "completion" else label_text(task, row["teacher_label"])
+
+
+def rationale_text(row: Mapping[str, Any]) -> str:
+    """The teacher's worked solution without its answer sentence ('' when the sample is only the answer).
+
+    The text of the labelled input's completion (the teacher's first sample that gave the label)
+    before the label's span, with a trailing "The answer is" cut: the rationale of distilling
+    step-by-step, written by the teacher itself.
+    """
+    from selfimprove.tasks.base import ANSWER_PREFIX
+
+    text = row.get("completion") or ""
+    span = row.get("completion_span")
+    head = (text[: span[0]] if span else text).rstrip()
+    if head.endswith(ANSWER_PREFIX):
+        head = head[: -len(ANSWER_PREFIX)]
+    return head.strip()
+
+
+def with_prefix(prompt: Any, prefix: str) -> Any:
+    """``prompt`` with ``prefix`` before its text (a plain prompt) or its last user message (chat)."""
+    if not prefix:
+        return prompt
+    if isinstance(prompt, str):
+        return prefix + prompt
+    msgs = [dict(m) for m in prompt]
+    for m in reversed(msgs):
+        if m.get("role") == "user":
+            m["content"] = prefix + str(m.get("content", ""))
+            return msgs
+    raise InputError(f"a prompt has no user message to put the task prefix {prefix!r} before: {prompt!r}")
+
+
+def training_pairs(row: Mapping[str, Any], training: Any, task: Any) -> list[tuple[Any, str]]:
+    """The (prompt, text) pairs the student trains on for one labelled input (``training.*``).
+
+    ``label`` / ``completion``: one pair. ``rationale`` (distilling step-by-step, arXiv 2305.02301):
+    the label task (``predict_prefix`` + prompt -> the label) and, when the teacher's sample has a
+    worked solution, the rationale task (``explain_prefix`` + prompt -> that solution); with one
+    row of each per input the SFT loss weighs the two tasks equally per row.
+    """
+    if training.target != "rationale":
+        return [(row["prompt"], training_text(row, training.target, task))]
+    pairs = [(with_prefix(row["prompt"], training.predict_prefix), label_text(task, row["teacher_label"]))]
+    rationale = rationale_text(row)
+    if rationale:
+        pairs.append((with_prefix(row["prompt"], training.explain_prefix), rationale))
+    return pairs
+
+
+def eval_prefix(cfg: DistillConfig) -> str:
+    """What a trained student's evaluation prompts start with (the predict prefix of ``rationale``)."""
+    return cfg.training.predict_prefix if cfg.training.target == "rationale" else ""
 
 
 def resolve_models(cfg: DistillConfig, progress: bool) -> tuple[str, str]:
@@ -222,7 +276,11 @@ class _Run:
         return self.fp("teacher", "task", "seed", "budget")
 
     def need_fp(self) -> str:
-        return self.fp("student", "need", extra=[self.label_fp(), self.cfg.training.target])
+        tr = self.cfg.training
+        extra = [self.label_fp(), tr.target]
+        if tr.target == "rationale":
+            extra.append(tr.predict_prefix)
+        return self.fp("student", "need", extra=extra)
 
     def stage_label(self) -> dict[str, Any]:
         from selfimprove.distill.label import label_groups, sample_teacher
@@ -289,14 +347,15 @@ class _Run:
         from selfimprove.distill.scorer import StudentScorer
 
         rows = self.labelled_rows()
-        target = self.cfg.training.target
-        texts = [training_text(r, target, self.task) for r in rows]
+        # The need of the text the student is graded on: the first pair (the label task of `rationale`).
+        pairs = [training_pairs(r, self.cfg.training, self.task)[0] for r in rows]
+        texts = [text for _prompt, text in pairs]
         spans = None
         if self.cfg.need.span == "label":
             spans = [answer_span(t, r["teacher_label"]) for t, r in zip(texts, rows, strict=True)]
         scorer = StudentScorer(self.student_model, batch_size=self.cfg.need.batch_size)
         try:
-            scores = scorer.score([r["prompt"] for r in rows], texts, spans, progress=self.progress)
+            scores = scorer.score([p for p, _text in pairs], texts, spans, progress=self.progress)
         finally:
             scorer.close()
         out = [
@@ -315,14 +374,17 @@ class _Run:
             "loss_mean": sum(o["loss"] for o in out) / len(out),
         }
 
-    def evaluate(self, gen: Any, out_dir: Path, adapter: str | None) -> dict[str, Any]:
-        """pass@1, maj@k, pass@k of ``gen`` (with ``adapter``) on the held-out split; gold used here."""
+    def evaluate(self, gen: Any, out_dir: Path, adapter: str | None, prefix: str = "") -> dict[str, Any]:
+        """pass@1, maj@k, pass@k of ``gen`` (with ``adapter``) on the held-out split; gold used here.
+
+        ``prefix`` goes before each prompt (the predict prefix of a student trained on ``rationale``).
+        """
         from selfimprove.eval.metrics import evaluate_answers
         from selfimprove.generate.base import Sampling
         from selfimprove.generate.store import RolloutStore, generate_rollouts
 
         prompts, gold = eval_split(self.cfg, self.task)
-        prompts = [p for p in prompts if p["prompt_id"] in gold]
+        prompts = [{**p, "prompt": with_prefix(p["prompt"], prefix)} for p in prompts if p["prompt_id"] in gold]
         if not prompts:
             return {"skipped": "the eval split has no prompts with gold answers"}
         ev = self.cfg.evaluation
@@ -442,20 +504,25 @@ class _Run:
             return {"skipped": "the selection kept no input"}
         by_id = {r["prompt_id"]: r for r in self.labelled_rows()}
         tr = self.cfg.training
-        rows = []
-        for s in selected:
-            r = by_id[s["prompt_id"]]
-            text = training_text(r, tr.target, self.task)
-            rows.append({"prompt": r["prompt"], "completion": _as_completion(r["prompt"], text)})
+        # One group of rows per selected input (two for `rationale`); weights repeat whole groups.
+        groups = [
+            [
+                {"prompt": prompt, "completion": _as_completion(prompt, text)}
+                for prompt, text in training_pairs(by_id[s["prompt_id"]], tr, self.task)
+            ]
+            for s in selected
+        ]
         weights = [float(s["weight"]) for s in selected]
         weighted = tr.weighted and len(set(weights)) > 1
         if weighted:
-            rows = weighted_rows(rows, weights, len(rows), seed)
+            groups = weighted_rows(groups, weights, len(groups), seed)
+        rows = [row for group in groups for row in group]
         write_jsonl_atomic(vdir / "train_rows.jsonl", rows)
         result = train_student(self.cfg, self.student_model, rows, vdir / "adapter", seed, self.progress)
         losses = result.loss_history
         return {
             "rows": len(rows),
+            "rationale_rows": sum(len(g) - 1 for g in groups) if tr.target == "rationale" else None,
             "weighted": weighted,
             "steps": result.steps,
             "loss_first": losses[0] if losses else None,
@@ -470,7 +537,7 @@ class _Run:
             return {"skipped": "no adapter was trained"}
         out = vdir / "eval"
         shutil.rmtree(out, ignore_errors=True)
-        m = self.evaluate(self.student(), out, str((vdir / "adapter").resolve()))
+        m = self.evaluate(self.student(), out, str((vdir / "adapter").resolve()), eval_prefix(self.cfg))
         self.log(f"{vdir.name}: student after training: {_metrics_line(m)}")
         return m
 
@@ -689,8 +756,11 @@ __all__ = [
     "DistillResult",
     "distill",
     "eval_split",
+    "eval_prefix",
     "label_text",
     "load_task",
+    "rationale_text",
+    "training_pairs",
     "training_text",
     "unlabeled_inputs",
     "variant_key",

@@ -25,13 +25,15 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 STRATEGIES = ("all", "random", "confidence", "need", "llkd")
 CONFIDENCE_MEASURES = ("auto", "vote_share", "label_prob")
 NEED_MEASURES = ("entropy", "loss")
 THRESHOLD_RULES = ("adaptive", "fixed", "none")
 WEIGHT_RULES = ("none", "confidence", "need", "product")
+
+_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True)
@@ -291,9 +293,7 @@ def select(
     return Selection(strategy, size, rows, passed, filled, len(pool), thresholds)
 
 
-def weighted_rows(
-    rows: Sequence[Mapping[str, Any]], weights: Sequence[float], n: int, seed: int
-) -> list[Mapping[str, Any]]:
+def weighted_rows(rows: Sequence[_Row], weights: Sequence[float], n: int, seed: int) -> list[_Row]:
     """``n`` rows, each repeated in proportion to its weight (largest remainders), in a seeded order.
 
     Row i appears ``n * w_i / sum(w)`` times, rounded so the counts sum to ``n``: SFT on the
