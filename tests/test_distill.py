@@ -215,6 +215,13 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict(BASE, ["selection.weight_min=3"])
     with pytest.raises(ConfigError, match=r"every k must be in 1..n=4"):
         config_from_dict(BASE, ["evaluation.n=4"])
+    with pytest.raises(ConfigError, match="training.method: gkd needs the teacher's weights"):
+        config_from_dict(BASE, ["teacher.backend=openai", "training.method=gkd"])
+    with pytest.raises(ConfigError, match=r"training.trl.lmbd: not a field of TRL's GKDConfig \(did you"):
+        config_from_dict(BASE, ["training.method=gkd", "training.trl.lmbd=0.5"])
+    assert config_from_dict(BASE, ["training.method=gkd", "training.trl.lmbda=0.5"]).training.trl == {
+        "lmbda": 0.5
+    }
     cfg = config_from_dict(BASE, ["budget.teacher_calls=8"])
     assert isinstance(cfg, DistillConfig) and cfg.name == "distill"
 

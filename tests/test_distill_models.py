@@ -357,6 +357,34 @@ def test_rationale_two_task_training_end_to_end(tmp_path, char_student):
 
 
 @pytest.mark.slow
+def test_gkd_training_through_distill(tmp_path, char_student, bpe_student):
+    """training.method=gkd trains the student towards the teacher's token distributions (TRL's GKD
+    trainer); a student with another tokenizer is refused before the run folder is made."""
+    from selfimprove.distill import distill
+    from selfimprove.errors import InputError
+    from selfimprove.train.adapters import read_adapter_meta
+
+    cfg = base_config(
+        char_student,
+        task={"name": "string_ops", "unlabeled_size": 8, "eval_size": 4},
+        selection={"strategies": ["confidence"], "sizes": [4]},
+        training={"method": "gkd", "trl": {"beta": 0.0}},
+        evaluation={"n": 2, "k": [2]},
+    )
+    run_dir = tmp_path / "run"
+    s = distill(cfg, run_dir, progress=False).summary
+    v = s["variants"][0]
+    assert v["train"]["steps"] == 2 and v["train"]["loss_first"] > 0
+    meta = read_adapter_meta(run_dir / "variants" / "confidence-4" / "adapter")
+    assert meta["method"] == "gkd" and meta["config"]["args"]["beta"] == 0.0
+    assert meta["config"]["teacher"].endswith("string_ops")
+    assert "pass@1" in v["evaluate"]
+    with pytest.raises(InputError, match=r"training.method: token-level distillation \(GKD\) needs"):
+        distill(base_config(bpe_student, training={"method": "gkd"}), tmp_path / "bpe", progress=False)
+    assert not (tmp_path / "bpe").exists()
+
+
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, char_student):
     cfg_path = tmp_path / "cfg.yaml"
     import yaml

@@ -227,7 +227,16 @@ class SelectionConfig(Section):
 
 
 class DistillTrainingConfig(Section):
-    """LoRA SFT of the student on the selected labels."""
+    """LoRA training of the student on the selected labels (SFT, or token-level distillation via TRL's GKD)."""
+
+    method: Literal["sft", "gkd"] = Field(
+        "sft",
+        description="`sft`: LoRA SFT on the training texts (labels travel as text: any teacher, any "
+        "tokenizer). `gkd`: token-level distillation through TRL's GKD trainer on the same texts: the "
+        "student matches the teacher's next-token distributions (generalized JSD; `training.trl.beta`, "
+        "`training.trl.lmbda` = share of on-policy batches, 0 by default); needs a local teacher (vllm or "
+        "hf backend) with the student's tokenizer.",
+    )
 
     target: Literal["label", "completion", "rationale"] = Field(
         "completion",
@@ -258,7 +267,9 @@ class DistillTrainingConfig(Section):
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
     max_length: int | None = Field(None, ge=8, description="Maximum sequence length (longer rows dropped).")
     trl: dict[str, Any] = Field(
-        default_factory=dict, description="Any other field of TRL's SFTConfig (checked against it)."
+        default_factory=dict,
+        description="Any other field of TRL's SFTConfig (`method: sft`) or GKDConfig (`method: gkd`), checked "
+        "against it.",
     )
     accelerate_config: str | None = accelerate_config_field()
 
@@ -363,19 +374,29 @@ def check_config(cfg: DistillConfig, where: KeySource) -> None:
         _backend_init(cfg.student.backend), cfg.student.options, "student.options", where, ["self", "model"]
     )
     check_accelerate_config(cfg.training.accelerate_config, where)
+    if cfg.training.method == "gkd" and cfg.teacher.backend == "openai":
+        raise ConfigError(
+            f"{where(('training', 'method'))}training.method: gkd needs the teacher's weights (its next-token "
+            "distributions); teacher.backend is openai: use a local teacher (vllm or hf) or training.method: sft"
+        )
     if cfg.training.trl:
         import dataclasses
 
-        from trl import SFTConfig
+        if cfg.training.method == "gkd":
+            from selfimprove.train.gkd import gkd_classes
 
-        known = {f.name for f in dataclasses.fields(SFTConfig)}
+            TrlConfig = gkd_classes()[0]
+        else:
+            from trl import SFTConfig as TrlConfig
+
+        known = {f.name for f in dataclasses.fields(TrlConfig)}
         for key in cfg.training.trl:
             if key not in known:
                 from selfimprove.config.loader import suggest
 
                 raise ConfigError(
-                    f"{where(('training', 'trl', key))}training.trl.{key}: not a field of TRL's SFTConfig"
-                    f"{suggest(key, sorted(known))}"
+                    f"{where(('training', 'trl', key))}training.trl.{key}: not a field of TRL's "
+                    f"{TrlConfig.__name__}{suggest(key, sorted(known))}"
                 )
 
 

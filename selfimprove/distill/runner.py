@@ -192,6 +192,20 @@ def resolve_models(cfg: DistillConfig, progress: bool) -> tuple[str, str]:
         student = resolve_model(cfg.student.model, progress=progress)
     except InputError as exc:
         raise InputError(f"student.model: {exc}") from None
+    if cfg.training.method == "gkd":
+        from transformers import AutoTokenizer
+
+        from selfimprove.train.gkd import check_same_tokenizer
+
+        try:
+            check_same_tokenizer(
+                AutoTokenizer.from_pretrained(student, trust_remote_code=False),
+                AutoTokenizer.from_pretrained(teacher, trust_remote_code=False),
+                student,
+                teacher,
+            )
+        except InputError as exc:
+            raise InputError(f"training.method: {exc}") from None
     return teacher, student
 
 
@@ -384,7 +398,9 @@ class _Run:
         from selfimprove.generate.store import RolloutStore, generate_rollouts
 
         prompts, gold = eval_split(self.cfg, self.task)
-        prompts = [{**p, "prompt": with_prefix(p["prompt"], prefix)} for p in prompts if p["prompt_id"] in gold]
+        prompts = [
+            {**p, "prompt": with_prefix(p["prompt"], prefix)} for p in prompts if p["prompt_id"] in gold
+        ]
         if not prompts:
             return {"skipped": "the eval split has no prompts with gold answers"}
         ev = self.cfg.evaluation
@@ -624,7 +640,8 @@ def train_student(
     seed: int,
     progress: bool,
 ) -> Any:
-    """LoRA SFT of the student on ``rows`` into ``out_dir`` (``training.*``); return the TrainResult.
+    """LoRA training of the student on ``rows`` into ``out_dir`` (``training.*``: SFT, or GKD towards
+    the teacher); return the TrainResult.
 
     With ``training.accelerate_config`` it runs under ``accelerate launch`` (each process calls
     :func:`train_student_launched`, which calls this function in-process).
@@ -643,7 +660,6 @@ def train_student(
             progress=progress,
         )
     from selfimprove.train.common import LoraSettings
-    from selfimprove.train.sft import train_sft
 
     lora = LoraSettings(
         r=tr.lora.rank,
@@ -664,6 +680,23 @@ def train_student(
     if tr.max_length is not None:
         args["max_length"] = tr.max_length
     args.update(tr.trl)
+    if tr.method == "gkd":
+        from selfimprove.models.loading import resolve_model
+        from selfimprove.train.gkd import train_gkd
+
+        teacher = resolve_model(cfg.teacher.model, progress=False)
+        return train_gkd(
+            student_model,
+            teacher,
+            rows,
+            out_dir,
+            teacher_adapter=cfg.teacher.adapter,
+            lora=lora,
+            args=args,
+            seed=seed,
+        )
+    from selfimprove.train.sft import train_sft
+
     return train_sft(student_model, rows, out_dir, lora=lora, args=args, seed=seed)
 
 

@@ -1,4 +1,4 @@
-"""Trainers on LoRA adapters (SFT, DPO family, GRPO), the losses TRL lacks, and the adapter lifecycle.
+"""Trainers on LoRA adapters (SFT, DPO family, GRPO, GKD distillation), the losses TRL lacks, and the adapter lifecycle.
 
 Names are imported on first use, so ``import selfimprove.train`` does not load TRL.
 """
@@ -9,6 +9,7 @@ from selfimprove.lazy import lazy_exports
 
 _EXPORTS = {
     "train_sft": "selfimprove.train.sft",
+    "train_gkd": "selfimprove.train.gkd",
     "train_dpo": "selfimprove.train.dpo",
     "train_grpo": "selfimprove.train.grpo",
     "PreferenceTrainer": "selfimprove.train.dpo",
