@@ -56,7 +56,7 @@ def run_config(task: str, student: Path, seed: int, args: argparse.Namespace) ->
             "backend": args.backend,
             "options": teacher_opts,
             "k": args.k,
-            "max_tokens": 64,
+            "max_tokens": args.max_tokens,
         },
         "student": {"model": str(student), "backend": "hf", "options": {"batch_size": 64}},
         "task": {"name": task, "unlabeled_size": args.unlabeled, "eval_size": args.eval_size},
@@ -78,7 +78,14 @@ def run_one(task: str, student: Path, seed: int, root: Path, args: argparse.Name
     run_dir = root / f"{task}-seed{seed}"
     cfg = run_config(task, student, seed, args)
     start = time.perf_counter()
-    result = distill(cfg, run_dir, resume=(run_dir / "state.json").exists(), progress=False, report=True)
+    result = distill(
+        cfg,
+        run_dir,
+        overrides=args.set,
+        resume=(run_dir / "state.json").exists(),
+        progress=False,
+        report=True,
+    )
     summary = dict(result.summary)
     summary["seconds"] = time.perf_counter() - start
     summary["run_dir"] = str(run_dir)
@@ -106,38 +113,97 @@ def git_commit() -> str:
         return "?"
 
 
+def variant_values(runs: Sequence[Mapping[str, Any]], key: str, metric: str) -> list[float | None]:
+    """``metric`` of variant ``key`` in each run (None where the run has no such evaluation)."""
+    out: list[float | None] = []
+    for r in runs:
+        ev = next((v.get("evaluate") for v in r["variants"] if v["key"] == key), None)
+        out.append(ev.get(metric) if ev else None)
+    return out
+
+
+def present(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
 def render(task: str, runs: Sequence[Mapping[str, Any]], sizes: Sequence[int], k: int) -> list[str]:
-    """The table of one family: teacher, student before, and each strategy x size after (mean ± sd)."""
+    """One family: teacher, student before, each strategy x size after (mean ± sd over seeds), the
+    share of the teacher's lead recovered, llkd - random per size, and the teacher samples spent."""
     maj = f"maj@{k}"
     out = [f"### {task}", ""]
     teacher = [r["teacher"]["pass@1"] for r in runs]
     before = [r["student_before"]["pass@1"] for r in runs]
+    n_inputs = runs[0]["label"]["inputs"]
+    k_teacher = runs[0]["label"]["teacher_samples"] // max(1, n_inputs)
     out.append(
         f"Teacher pass@1 {mean_sd(teacher)}, {maj} {mean_sd([r['teacher'][maj] for r in runs])}; student before "
         f"pass@1 {mean_sd(before)}, {maj} {mean_sd([r['student_before'][maj] for r in runs])}; "
-        f"{runs[0]['label']['inputs']} unlabeled inputs, {runs[0]['label']['teacher_samples']} teacher samples per "
-        f"seed; teacher label accuracy is in each run's report.md."
+        f"{n_inputs} unlabeled inputs x {k_teacher} teacher samples per seed; {len(runs)} seed(s)."
     )
-    out += ["", "| strategy | " + " | ".join(f"pass@1 at {s}" for s in sizes) + f" | {maj} at {sizes[-1]} |"]
+    out += ["", "Student pass@1 after training (mean ± sd over seeds):", ""]
+    out += ["| strategy | " + " | ".join(f"{s} inputs" for s in sizes) + f" | {maj} at {sizes[-1]} |"]
     out.append("|---|" + "---|" * (len(sizes) + 1))
     for strategy in STRATEGIES:
+        cells = [mean_sd(present(variant_values(runs, f"{strategy}-{s}", "pass@1"))) for s in sizes]
+        last = present(variant_values(runs, f"{strategy}-{sizes[-1]}", maj))
+        out.append(f"| {strategy} | " + " | ".join(cells) + f" | {mean_sd(last)} |")
+    # Share of the teacher's pass@1 lead the student recovered, per seed, at the largest size.
+    out += [
+        "",
+        f"Share of the teacher's pass@1 lead over the student recovered at {sizes[-1]} inputs, "
+        "(after - before) / (teacher - before), mean ± sd over seeds:",
+        "",
+    ]
+    shares = []
+    for strategy in STRATEGIES:
+        vals = variant_values(runs, f"{strategy}-{sizes[-1]}", "pass@1")
+        per = [
+            (v - b) / (t - b)
+            for v, b, t in zip(vals, before, teacher, strict=True)
+            if v is not None and t > b
+        ]
+        shares.append(f"{strategy} {mean_sd(per)}")
+    out.append("; ".join(shares) + ".")
+    # llkd and confidence against random at equal numbers of inputs: per-seed differences.
+    out += [
+        "",
+        "Against random selection at equal numbers of inputs (pass@1 points, per-seed difference "
+        "mean ± sd; 'beats' = the mean difference is above both strategies' seed spread):",
+        "",
+    ]
+    out += ["| strategy | " + " | ".join(f"{s} inputs" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for strategy in ("confidence", "llkd"):
         cells = []
         for s in sizes:
-            vals = [
-                v["evaluate"]["pass@1"]
-                for r in runs
-                for v in r["variants"]
-                if v["key"] == f"{strategy}-{s}" and v.get("evaluate") and "pass@1" in v["evaluate"]
-            ]
-            cells.append(mean_sd(vals))
-        last = [
-            v["evaluate"][maj]
-            for r in runs
-            for v in r["variants"]
-            if v["key"] == f"{strategy}-{sizes[-1]}" and v.get("evaluate") and maj in v["evaluate"]
-        ]
-        out.append(f"| {strategy} | " + " | ".join(cells) + f" | {mean_sd(last)} |")
-    out.append("")
+            a = variant_values(runs, f"{strategy}-{s}", "pass@1")
+            b = variant_values(runs, f"random-{s}", "pass@1")
+            diffs = [x - y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+            if not diffs:
+                cells.append("n/a")
+                continue
+            spread = max(
+                statistics.stdev(present(a)) if len(present(a)) > 1 else 0.0,
+                statistics.stdev(present(b)) if len(present(b)) > 1 else 0.0,
+            )
+            m = statistics.mean(diffs)
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+            verdict = (
+                "beats"
+                if len(diffs) > 1 and m > spread
+                else ("loses" if len(diffs) > 1 and -m > spread else "within spread")
+                if len(diffs) > 1
+                else "one seed"
+            )
+            cells.append(f"{100 * m:+.1f} ± {100 * sd:.1f} ({verdict})")
+        out.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Teacher samples spent per point of the curve: random selection needs only the inputs it trains on "
+        f"labelled ({', '.join(f'{s * k_teacher:,}' for s in sizes)} samples at {', '.join(map(str, sizes))} "
+        f"inputs); confidence, need and llkd rank all {n_inputs} labelled inputs ({n_inputs * k_teacher:,} samples "
+        "at every size).",
+        "",
+    ]
     return out
 
 
@@ -155,18 +221,38 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--student-slip", type=float, default=0.8)
+    parser.add_argument("--max-tokens", type=int, default=64, help="teacher and evaluation max new tokens")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="distill config overrides for every run (e.g. training.target=rationale training.method=gkd)",
+    )
     parser.add_argument("--root", default="runs/bench_distill")
     parser.add_argument("--out", default="benchmarks/results/distill/RESULTS.md")
+    parser.add_argument(
+        "--render",
+        nargs="+",
+        metavar="RAW_JSON",
+        help="only write the Markdown again from these raw JSON files (several: merged, e.g. one per family); "
+        "the other arguments must match the runs' (sizes)",
+    )
     args = parser.parse_args()
     root = Path(args.root)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     raw: dict[str, list[dict[str, Any]]] = {}
-    for task in args.tasks:
-        student = build_student(task, args.student_layers, args.student_slip, progress=False)
-        for seed in args.seeds:
-            print(f"{task} seed {seed} ...", file=sys.stderr, flush=True)
-            raw.setdefault(task, []).append(run_one(task, student, seed, root, args))
+    if args.render:
+        for f in args.render:
+            for task, runs in json.loads(Path(f).read_text()).items():
+                raw.setdefault(task, []).extend(runs)
+    else:
+        for task in args.tasks:
+            student = build_student(task, args.student_layers, args.student_slip, progress=False)
+            for seed in args.seeds:
+                print(f"{task} seed {seed} ...", file=sys.stderr, flush=True)
+                raw.setdefault(task, []).append(run_one(task, student, seed, root, args))
     info = machine_info()
     lines = [
         "# Distillation: student accuracy per selection strategy at equal numbers of selected samples",
@@ -175,8 +261,8 @@ def main() -> None:
         f"- date: {started}; commit {git_commit()}; machine: {info['cpu']}, {info['nproc']} cores, GPUs: {info['gpus']}",
         f"- teacher: the family's shipped model (`builtin:<task>`, backend {args.backend}, k={args.k}); student: a "
         f"{args.student_layers}-layer model built by `build_base_model` with the family's recipe and slip rate "
-        f"{args.student_slip}; LoRA SFT on the teacher's "
-        f"completion, {args.epochs} epochs, lr {args.lr}; held-out: {args.eval_size} prompts x 8 samples.",
+        f"{args.student_slip}; LoRA SFT on the teacher's completion, {args.epochs} epochs, lr {args.lr}, batch 8; "
+        f"held-out: {args.eval_size} prompts x 8 samples; overrides: {' '.join(args.set) or 'none'}.",
         f"- seeds: {', '.join(map(str, args.seeds))} (mean ± standard deviation over seeds; ± 0.0 with one seed)",
         "",
     ]
