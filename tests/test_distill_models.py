@@ -329,7 +329,7 @@ def test_rationale_two_task_training_end_to_end(tmp_path, char_student):
         task={"name": "arithmetic", "unlabeled_size": 8, "eval_size": 4},
         selection={"strategies": ["llkd"], "sizes": [4]},
         training={"target": "rationale"},
-        evaluation={"n": 2, "k": [2]},
+        evaluation={"n": 2, "k": [2], "teacher": False},
     )
     run_dir = tmp_path / "run"
     s = distill(cfg, run_dir, progress=False).summary
@@ -559,3 +559,39 @@ def test_distill_end_to_end_vllm(tmp_path, char_student):
             recomputed_pass1(run_dir / "variants" / v["key"], "eval", task)
         )
     assert_no_gold_keys(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.timeout(1800)
+def test_distill_student_evaluated_on_vllm(tmp_path, char_student):
+    """The student's evaluation on vLLM (student.backend=vllm): the base student, then each trained
+    adapter served by the same engine; the numbers are recomputed from the stored samples and the
+    adapters really change what is generated."""
+    pytest.importorskip("vllm")
+    from selfimprove.distill import distill
+    from selfimprove.tasks import get_task
+
+    engine = {"enforce_eager": True, "max_model_len": 512, "kv_cache_gb": 1}
+    cfg = base_config(
+        char_student,
+        student={"backend": "vllm", "options": engine},
+        selection={"strategies": ["random", "confidence"], "sizes": [6]},
+        training={"max_steps": 4, "learning_rate": 0.05},
+    )
+    run_dir = tmp_path / "run"
+    s = distill(cfg, run_dir, progress=False).summary
+    task = get_task("string_ops", instruction=False)
+    before = read_jsonl(run_dir / "eval" / "student_before" / "rollouts.jsonl")
+    assert before and all(r["backend"] == "vllm" and r["adapter"] is None for r in before)
+    assert s["student_before"]["pass@1"] == pytest.approx(
+        recomputed_pass1(run_dir, "eval/student_before", task)
+    )
+    texts_before = sorted(r["completion"] for r in before)
+    for v in s["variants"]:
+        recs = read_jsonl(run_dir / "variants" / v["key"] / "eval" / "rollouts.jsonl")
+        assert recs and all(r["backend"] == "vllm" and r["adapter"].endswith("adapter") for r in recs)
+        assert v["evaluate"]["pass@1"] == pytest.approx(
+            recomputed_pass1(run_dir / "variants" / v["key"], "eval", task)
+        )
+        assert sorted(r["completion"] for r in recs) != texts_before  # the adapter was applied
