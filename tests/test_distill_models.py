@@ -168,7 +168,11 @@ def base_config(student_dir: Path, **over) -> dict:
         "teacher": {"model": TEACHER, "backend": "hf", "k": 4, "max_tokens": 28, "batch_size": 8},
         "student": {"model": str(student_dir), "backend": "hf"},
         "task": {"name": "string_ops", "unlabeled_size": 24, "eval_size": 8},
-        "selection": {"strategies": ["random", "confidence", "need", "llkd"], "sizes": [6]},
+        "selection": {
+            "strategies": ["random", "confidence", "need", "llkd"],
+            "sizes": [6],
+            "confidence": "auto",
+        },
         "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.01},
         "evaluation": {"n": 4, "k": [4]},
     }
