@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_three_trainers_under_accelerate_two_processes(tiny_model_dir, tmp_path):
+    from selfimprove.train.launch import free_port
+
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [
         str(accelerate),
@@ -24,7 +26,7 @@ def test_three_trainers_under_accelerate_two_processes(tiny_model_dir, tmp_path)
         "--config_file",
         str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
         "--main_process_port",
-        "29531",
+        str(free_port()),
         str(ROOT / "tests/scripts/train_multiproc.py"),
         str(tiny_model_dir),
         str(tmp_path),
