@@ -13,7 +13,9 @@ vote and how it trains differ:
 - ``dpo_spo_paper``: + SPO's degree term as its paper builds it (``degree_paper_weight``);
 - ``dpo_nll``: + NLL on the chosen response (``nll_weight``);
 - ``d2o``: D2O, the chosen and up to 4 further majority samples as positives against the minority one;
-- ``ttrl_grpo``: TTRL, GRPO with agreement with the voted pseudo-label as the reward.
+- ``ttrl_grpo``: TTRL, GRPO with agreement with the voted pseudo-label as the reward;
+- ``sft_gold``, ``dpo_gold``, ``grpo_gold``: the SUPERVISED gold-reward twins of ``sft``,
+  ``sc_dpo`` and ``ttrl_grpo`` (``GOLD_TWINS``; they read the train prompts' gold answers).
 
 The collapse guard only warns (``loop.guard.action=warn``), so every method runs every round.
 Run folders: ``RUN_ROOT/<family>/s<seed>/<method>`` (log beside it as ``<method>.log``); a
@@ -38,7 +40,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_selftrain import Job, execute, fmt_stat, machine_info, mean_sd, round_seconds, run_status  # noqa: E402
+from bench_selftrain import (  # noqa: E402
+    Job,
+    execute,
+    fmt_stat,
+    gold_overrides,
+    machine_info,
+    mean_sd,
+    round_seconds,
+    run_status,
+)
 
 FAMILIES = {"string_ops": 40, "arithmetic": 64}  # family -> generation.max_tokens
 _DPO = "{strategy: majority_vs_minority, max_pairs_per_prompt: 2, min_margin: 0.25}"
@@ -87,6 +98,19 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 PREFERENCE = ("sc_dpo", "dpo_spo_gap", "dpo_spo_paper", "dpo_nll", "d2o")
+# SUPERVISED gold-reward twins (read the gold answers of the train prompts): the label-free method's
+# run with bench_selftrain.gold_overrides applied, i.e. SFT on the samples the gold verifier accepts,
+# DPO with a correct sample chosen over a wrong one, GRPO with the gold verifier as the reward. One
+# DPO twin stands for every DPO variant (their label-free difference is the loss, not the pairs).
+GOLD_TWINS = {"sft_gold": "sft", "dpo_gold": "sc_dpo", "grpo_gold": "ttrl_grpo"}
+CHOICES = [*METHODS, *GOLD_TWINS]
+
+
+def describe(method: str) -> str:
+    """The method's row label in the reports."""
+    if method in GOLD_TWINS:
+        return f"{METHODS[GOLD_TWINS[method]][0]}, gold reward (SUPERVISED)"
+    return METHODS[method][0]
 
 
 def common_overrides(family: str, seed: int, args: argparse.Namespace) -> list[str]:
@@ -119,13 +143,17 @@ def plan(args: argparse.Namespace) -> list[Job]:
     for seed in args.seeds:
         for family in args.families:
             for method in args.methods:
-                overrides = common_overrides(family, seed, args) + METHODS[method][1]
+                label_free = GOLD_TWINS.get(method, method)
+                overrides = common_overrides(family, seed, args) + METHODS[label_free][1]
                 cfg = load_config(args.config, overrides)
                 if cfg.supervised:
-                    raise SystemExit(f"{method}: the comparison is label-free; supervised is set")
+                    raise SystemExit(f"{label_free}: the label-free method has supervised set")
+                if method in GOLD_TWINS:
+                    overrides = overrides + gold_overrides(cfg)[0]
+                    cfg = load_config(args.config, overrides)
                 run_dir = Path(args.run_root) / family / f"s{seed}" / method
                 job = Job(family, seed, method, run_dir, overrides, cfg.fingerprint(), cfg.training.method)
-                job.status = run_status(run_dir, job.fingerprint)
+                job.status = run_status(run_dir, job.fingerprint, args.rounds)
                 jobs.append(job)
     return jobs
 
@@ -231,7 +259,7 @@ def task_section(recs: Sequence[Mapping[str, Any]], task: str, methods: Sequence
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
-        if method not in PREFERENCE:
+        if method not in (*PREFERENCE, "dpo_gold"):
             continue
         for rnd in rounds[1:]:
             lp = [
@@ -312,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default="configs/sc_dpo.yaml", help="base recipe the method overrides apply to"
     )
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=CHOICES, choices=CHOICES)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--train-size", type=int, default=64)

@@ -134,8 +134,12 @@ class Job:
         return cmd
 
 
-def run_status(run_dir: Path, fingerprint: str) -> str:
-    """``new`` (no run), ``done`` (finished, same config), ``resume`` (started, same config) or ``mismatch``."""
+def run_status(run_dir: Path, fingerprint: str, rounds: int | None = None) -> str:
+    """``new`` (no run), ``done`` (finished, same config), ``resume`` (started, same config) or ``mismatch``.
+
+    With ``rounds``, a run that finished fewer rounds (and was not stopped by its guard) is
+    ``resume``: ``loop.rounds`` is not in the fingerprint, so the runner extends it.
+    """
     state_path = run_dir / "state.json"
     if not state_path.exists():
         return "new"
@@ -143,6 +147,9 @@ def run_status(run_dir: Path, fingerprint: str) -> str:
     if state.get("fingerprint") != fingerprint:
         return "mismatch"
     if state.get("finished") and (run_dir / "summary.json").exists():
+        done = [int(r) for r, rs in state.get("rounds", {}).items() if "metrics" in rs.get("done", [])]
+        if rounds is not None and not state.get("stopped") and max(done, default=0) < rounds:
+            return "resume"
         return "done"
     return "resume"
 
