@@ -490,3 +490,27 @@ def test_build_base_on_a_user_jsonl_task(tmp_path, capsys):
     before = s.digest()
     path.write_text(path.read_text().replace("dog", "fog"))
     assert s.digest() != before
+
+
+def test_trainers_load_builtin_models_and_only_safetensors(tmp_path):
+    """The trainers' loader (students, policies and GKD's teacher) resolves `builtin:<task>` and
+    never reads pickle weights, even where a safetensors file sits beside them."""
+    import shutil
+
+    import torch
+
+    from selfimprove.models.base_model import SHIPPED_DIR
+    from selfimprove.train.common import load_model_and_tokenizer
+
+    model, tokenizer, name = load_model_and_tokenizer("builtin:string_ops", None)
+    assert name == str(SHIPPED_DIR / "string_ops") and tokenizer.pad_token is not None
+    folder = tmp_path / "m"
+    shutil.copytree(SHIPPED_DIR / "string_ops", folder)
+    # A pickle file that would change every weight if it were read.
+    torch.save({k: torch.zeros_like(v) for k, v in model.state_dict().items()}, folder / "pytorch_model.bin")
+    loaded, _, _ = load_model_and_tokenizer(folder, None)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(InputError, match="safetensors"):
+        load_model_and_tokenizer(folder, None)

@@ -119,7 +119,7 @@ def need_of(item: Mapping[str, Any], measure: str) -> float:
 
 
 def candidates(
-    items: Sequence[Mapping[str, Any]], confidence: str = "auto", need: str = "entropy"
+    items: Sequence[Mapping[str, Any]], confidence: str = "vote_share", need: str = "entropy"
 ) -> list[Candidate]:
     """Candidates from labelled inputs (``teacher_label``, ``vote_share`` / ``label_prob`` and ``entropy`` / ``loss``."""
     return [

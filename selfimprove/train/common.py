@@ -121,21 +121,23 @@ def make_config(config_cls, out_dir: str | Path, defaults: Mapping[str, Any], ar
 
 
 def load_model_and_tokenizer(model: Any, adapter_init: str | Path | None):
-    """Load the base model (a local folder, float32, no remote code) and its tokenizer; optionally a trainable adapter.
+    """Load the base model and its tokenizer; optionally a trainable adapter.
 
-    Returns ``(model, tokenizer, base_name)``; with ``adapter_init`` the model is a ``PeftModel`` whose
-    adapter continues training (the previous round's adapter).
+    ``model`` is a loaded model, a local folder or ``builtin:<task>`` (``models.loading.resolve_model``);
+    folders load in float32, safetensors only, no remote code. Returns ``(model, tokenizer,
+    base_name)``; with ``adapter_init`` the model is a ``PeftModel`` whose adapter continues
+    training (the previous round's adapter).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(model, (str, Path)):
-        from selfimprove.models.loading import resolve_model_dir
+        from selfimprove.models.loading import resolve_model
 
-        path = resolve_model_dir(model)
+        path = resolve_model(str(model), progress=False)
         base_name = str(path)
         hf_model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch.float32, trust_remote_code=False
+            str(path), dtype=torch.float32, trust_remote_code=False, use_safetensors=True
         )
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     else:

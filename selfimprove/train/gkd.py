@@ -55,22 +55,14 @@ def gkd_classes() -> tuple[Any, Any]:
 
 
 def load_teacher(teacher: str | Path, adapter: str | Path | None = None) -> tuple[Any, Any]:
-    """The teacher (a local folder or `builtin:<task>`, float32, safetensors, no remote code; an adapter merged in) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfimprove.models.loading import resolve_model
-
-    path = resolve_model(str(teacher), progress=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, trust_remote_code=False, use_safetensors=True
-    )
+    """The teacher (as ``load_model_and_tokenizer`` loads a model; an adapter merged in), in eval mode, and its tokenizer."""
+    model, tokenizer, _ = load_model_and_tokenizer(teacher, None)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.eval()
-    return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    return model, tokenizer
 
 
 def check_same_tokenizer(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:
