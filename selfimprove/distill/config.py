@@ -11,12 +11,17 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from selfimprove.config.loader import KeySource, Section, check_kwargs, dump_yaml, load_named
-from selfimprove.config.sections import accelerate_config_field, check_accelerate_config
+from selfimprove.config.sections import (
+    TaskSource,
+    accelerate_config_field,
+    check_accelerate_config,
+    task_name_field,
+)
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import LoraConfig
 
@@ -82,56 +87,15 @@ class StudentConfig(Section):
         return v
 
 
-class DistillTaskConfig(Section):
+class DistillTaskConfig(TaskSource):
     """The unlabeled inputs (the task's train split) and the held-out evaluation split."""
 
-    name: str | None = Field(
-        "string_ops",
-        description="Bundled task (`arithmetic`, `counting`, `sorting`, `string_ops`); null and `file` for a "
-        "user JSONL task.",
-    )
-    file: str | None = Field(
-        None,
-        description="User JSONL task (one object per line: a prompt and optionally a gold answer, split off "
-        "at load time and used only for evaluation and the report).",
-    )
-    level: int = Field(1, ge=1, description="Difficulty level of a bundled task.")
-    instruction: bool | None = Field(
-        None,
-        description="End bundled prompts with \"End with 'The answer is X.'\"; null: no for a `builtin:` "
-        "teacher (the embedded models are trained without it), yes otherwise.",
-    )
+    SIZE_KEYS: ClassVar[tuple[str, ...]] = ("unlabeled_size", "eval_size")
+
+    name: str | None = task_name_field("string_ops")
     unlabeled_size: int | None = Field(
         128, ge=1, description="Unlabeled inputs drawn from the train split (null: all rows of a user file)."
     )
-    eval_size: int | None = Field(
-        64, ge=1, description="Held-out evaluation prompts (null: all eval rows of a user file)."
-    )
-    seed: int = Field(0, description="Seed of the split generator / shuffle.")
-    prompt_field: str = Field("prompt", description="Field holding the prompt in a user JSONL file.")
-    gold_field: str = Field("answer", description="Field holding the gold answer in a user JSONL file.")
-    id_field: str = Field("id", description="Field holding the prompt id in a user JSONL file.")
-    eval_fraction: float = Field(
-        0.2, ge=0, le=1, description="Share of a user file's rows with gold that go to the eval split."
-    )
-    extractor: str | None = Field(
-        None,
-        description="Answer extractor of a user task (`answer_is`, `boxed`, `last_number`, `choice`, `regex`, "
-        "`json_field`, `math`, or `module:function`); bundled tasks bring their own.",
-    )
-    extractor_options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword options of the user task's extractor."
-    )
-
-    @model_validator(mode="after")
-    def _source(self) -> DistillTaskConfig:
-        if self.name is None and self.file is None:
-            raise ValueError("give either task.name (a bundled task) or task.file (your JSONL)")
-        if self.name is not None and self.file is not None:
-            raise ValueError("task.name and task.file are exclusive: set task.name: null for a user task")
-        if self.file is None and (self.unlabeled_size is None or self.eval_size is None):
-            raise ValueError("a bundled task needs unlabeled_size and eval_size")
-        return self
 
 
 class BudgetConfig(Section):

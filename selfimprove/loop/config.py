@@ -19,7 +19,7 @@ import inspect
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -28,7 +28,12 @@ from selfimprove.config.loader import KeySource as _Where
 from selfimprove.config.loader import Section as _Section
 from selfimprove.config.loader import check_kwargs as _check_kwargs
 from selfimprove.config.loader import suggest as _suggest
-from selfimprove.config.sections import accelerate_config_field, check_accelerate_config
+from selfimprove.config.sections import (
+    TaskSource,
+    accelerate_config_field,
+    check_accelerate_config,
+    task_name_field,
+)
 from selfimprove.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -56,53 +61,19 @@ class ModelConfig(_Section):
         return v
 
 
-class TaskConfig(_Section):
+class TaskConfig(TaskSource):
     """Where prompts come from: a bundled synthetic task, or your own JSONL file."""
 
-    name: str | None = Field(
-        "arithmetic",
-        description="Bundled task name (`arithmetic`, `counting`, `sorting`, `string_ops`). Set to null "
-        "and give `file` to use your own prompts.",
-    )
-    file: str | None = Field(
-        None,
-        description="User JSONL task: one object per line with a prompt (`prompt_field`) and optionally a "
-        "gold answer (`gold_field`, split off at load time and used only for evaluation). Rows go to the "
-        "train or eval split by a hash of the prompt, or by a `split` field.",
-    )
-    level: int = Field(1, ge=1, description="Difficulty level of a bundled task.")
-    instruction: bool | None = Field(
-        None,
-        description="End every bundled prompt with the answer-format instruction \"End with 'The answer is "
-        "X.'\". null: yes for a model folder (real models need it), no for `builtin:` models (the "
-        "embedded base model is trained without it).",
-    )
+    SIZE_KEYS: ClassVar[tuple[str, ...]] = ("train_size", "eval_size")
+
+    name: str | None = task_name_field("arithmetic")
     train_size: int | None = Field(
         64, ge=1, description="Prompts in the label-free self-training split (null: all rows of a user file)."
     )
-    eval_size: int | None = Field(
-        64, ge=1, description="Prompts in the evaluation split (null: all rows of a user file)."
-    )
-    seed: int = Field(0, description="Seed of the split generator / shuffle.")
     resample_each_round: bool = Field(
         False,
         description="Draw new train prompts every round (seed + round) instead of self-training on the same "
         "set (TTRL-style test-time training uses one fixed set). The eval split never changes.",
-    )
-    prompt_field: str = Field("prompt", description="Field holding the prompt in a user JSONL file.")
-    gold_field: str = Field("answer", description="Field holding the gold answer in a user JSONL file.")
-    id_field: str = Field("id", description="Field holding the prompt id in a user JSONL file.")
-    eval_fraction: float = Field(
-        0.2, ge=0, le=1, description="Share of a user file's rows with gold that go to the eval split."
-    )
-    extractor: str | None = Field(
-        None,
-        description="Answer extractor of a user task (`answer_is`, `boxed`, `last_number`, `choice`, "
-        "`regex`, `json_field`, `math`, or `module:function`); bundled tasks bring their own. "
-        "`scoring.extractor` overrides both.",
-    )
-    extractor_options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword options of the user task's extractor (e.g. `pattern`)."
     )
     chat_template: bool | None = Field(
         None,
@@ -129,15 +100,9 @@ class TaskConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _source(self) -> TaskConfig:
+    def _system_prompt(self) -> TaskConfig:
         if self.system_prompt is not None and self.system_prompt_file is not None:
             raise ValueError("task.system_prompt and task.system_prompt_file are exclusive")
-        if self.name is None and self.file is None:
-            raise ValueError("give either task.name (a bundled task) or task.file (your JSONL)")
-        if self.name is not None and self.file is not None:
-            raise ValueError("task.name and task.file are exclusive: set task.name: null for a user task")
-        if self.file is None and (self.train_size is None or self.eval_size is None):
-            raise ValueError("a bundled task needs train_size and eval_size")
         return self
 
 
