@@ -315,6 +315,35 @@ def test_refused_starts_change_nothing_and_force_is_recorded_when_the_run_starts
     run(moved, run_dir, resume=True, progress=False, log=lambda m: None)
 
 
+def _letters(completions, **columns):
+    return [float(str(c)[:1] in "abcde") for c in completions]
+
+
+@pytest.mark.slow
+def test_a_resume_with_other_task_or_reward_objects_is_refused(finished_run, tmp_path):
+    """run(task=..., rewards=...) objects are not config keys: the run records their names and a
+    resume with others (or without them) is refused like a changed config, unless force."""
+    import shutil
+
+    from selfimprove.tasks import get_task
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run["dir"], run_dir)
+    cfg = load_config(finished_run["cfg"])
+    before = _hashes(run_dir)
+    quiet = {"progress": False, "log": lambda m: None}
+    with pytest.raises(ConfigError, match=r"other objects than .*rewards: \['test_resume\._letters x 0\.5'\]"):
+        run(cfg, run_dir, resume=True, rewards=[(_letters, 0.5)], **quiet)
+    assert _hashes(run_dir) == before
+    run(cfg, run_dir, resume=True, force=True, rewards=[(_letters, 0.5)], **quiet)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["given"] == {"rewards": ["test_resume._letters x 0.5"]}
+    run(cfg, run_dir, resume=True, rewards=[(_letters, 0.5)], **quiet)  # the same ones: accepted
+    for other in ({}, {"rewards": [_letters]}, {"rewards": [(_letters, 0.5)], "task": get_task("counting")}):
+        with pytest.raises(ConfigError, match="other objects"):
+            run(cfg, run_dir, resume=True, **other, **quiet)
+
+
 def test_a_failed_fresh_start_writes_nothing(tmp_path):
     cfg = load_config(_config(tmp_path, tmp_path / "no-model"))
     run_dir = tmp_path / "run"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from selfimprove.errors import ConfigError
 from selfimprove.loop.config import RunConfig, dump_config
@@ -124,18 +125,46 @@ class StartRecord:
                 (self.dir / rel).rmdir()  # only new, empty folders (a stage's output folder)
 
 
-def check_run_dir(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
+def given_objects(task: Any = None, rewards: Sequence[Any] | None = None) -> dict[str, Any]:
+    """What identifies the ``task`` / ``rewards`` objects given to ``run()`` instead of config keys.
+
+    They are not part of the config's hash, so a run records these names (``state.json``,
+    ``given``) and a resume with other ones is refused like a changed config. A task is named by
+    its class and ``name``; a reward by its function's module and qualified name, and its weight.
+    """
+    out: dict[str, Any] = {}
+    if task is not None:
+        out["task"] = f"{_qualname(type(task))} {getattr(task, 'name', '')}".rstrip()
+    if rewards is not None:
+        named = []
+        for item in rewards:
+            fn, weight = item if isinstance(item, tuple) else (item, 1.0)
+            named.append(f"{_qualname(fn)} x {float(weight):g}")
+        out["rewards"] = named
+    return out
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def check_run_dir(
+    config: RunConfig, run_dir: Path, resume: bool, force: bool, given: Mapping[str, Any] | None = None
+) -> RunState | None:
     """Whether this start may use ``run_dir`` (the existing run's state, or None for a new run).
 
-    Reads only: a refused start leaves the folder as it was.
+    ``given``: ``given_objects(task, rewards)`` of a ``run()`` call. Reads only: a refused start
+    leaves the folder as it was.
     """
     holder = lock_holder(run_dir)
     if holder is not None:
         raise busy_error(run_dir, holder)
-    return check_run_dir_contents(config, run_dir, resume, force)
+    return check_run_dir_contents(config, run_dir, resume, force, given)
 
 
-def check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force: bool) -> RunState | None:
+def check_run_dir_contents(
+    config: RunConfig, run_dir: Path, resume: bool, force: bool, given: Mapping[str, Any] | None = None
+) -> RunState | None:
     # Not lock_holder here: called under our own lock, whose file must not be opened and closed
     # again (closing any descriptor of a file drops the process's POSIX locks on it).
     state_path = run_dir / STATE_FILE
@@ -153,6 +182,18 @@ def check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force
                 f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
                 f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
             )
+        recorded = state.data.get("given", {})
+        if recorded != dict(given or {}) and not force:
+            changed = sorted(set(recorded) | set(given or {}))
+            detail = "; ".join(
+                f"{k}: {(given or {}).get(k, 'none (config keys)')} vs {recorded.get(k, 'none (config keys)')}"
+                for k in changed
+                if (given or {}).get(k) != recorded.get(k)
+            )
+            raise ConfigError(
+                f"run() was given other objects than the ones {run_dir} was started with ({detail}; "
+                "this start vs the recorded one); pass force=True to resume with them anyway"
+            )
         return state
     if resume and run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise ConfigError(f"cannot resume {run_dir}: it has no {STATE_FILE} (not a run folder?)")
@@ -160,12 +201,17 @@ def check_run_dir_contents(config: RunConfig, run_dir: Path, resume: bool, force
 
 
 def prepare_run_dir(
-    config: RunConfig, run_dir: Path, resume: bool, force: bool, command: Sequence[str] | None
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    force: bool,
+    command: Sequence[str] | None,
+    given: Mapping[str, Any] | None = None,
 ) -> RunState:
     """Check the folder again (now under its lock), then record this start: config, manifest, state."""
     state_path = run_dir / STATE_FILE
     fingerprint = config.fingerprint()
-    state = check_run_dir_contents(config, run_dir, resume, force)
+    state = check_run_dir_contents(config, run_dir, resume, force, given)
     if state is not None:
         if state.data.get("fingerprint") != fingerprint:  # --force: recorded only now, as the run starts
             state.data.setdefault("forced", []).append(
@@ -176,6 +222,10 @@ def prepare_run_dir(
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         state = RunState.new(state_path, fingerprint)
+    if given:
+        state.data["given"] = dict(given)
+    else:
+        state.data.pop("given", None)
     write_text_atomic(run_dir / "config.yaml", dump_config(config))
     write_run_manifest(run_dir, config, command, resumed=resume and state_path.exists())
     state.save()

@@ -47,6 +47,7 @@ from selfimprove.loop.folder import (
     RunState,
     StartRecord,
     check_run_dir,
+    given_objects,
     prepare_run_dir,
     resolve_run_dir,
     round_dir,
@@ -360,7 +361,8 @@ def run(
     ``task``: a :class:`selfimprove.tasks.Task` object to use instead of the config's ``task``
     section (its ``make_split``, ``extract`` and ``check``). ``rewards``: reward functions in TRL's
     call shape (or ``(function, weight)`` pairs) to use instead of ``scoring.rewards``. Neither is
-    part of the config's hash: a resume with other ones is not detected.
+    part of the config's hash; the run records their names (task class and name, reward functions
+    and weights) and a resume with other ones is refused unless ``force``.
     """
     if isinstance(config, Mapping):
         from selfimprove.loop.config import load_config
@@ -375,7 +377,8 @@ def run(
     # Every check before the run folder is touched: the folder (reads only), the model, the task
     # and its data files, every prompt against the model's tokenizer (the config and its options
     # were checked when it loaded). A start refused here leaves the folder as it was, or absent.
-    check_run_dir(config, out, resume, force)
+    given = given_objects(task, rewards)
+    check_run_dir(config, out, resume, force, given)
     runner = _Run(config, out, progress, logger, generator=generator, task=task, rewards=rewards)
     if generator is not None:
         given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
@@ -385,7 +388,7 @@ def run(
         logger(f"WARNING: {warning}")
     record = StartRecord(out)
     with folder_lock(out) as lock:
-        runner.state = prepare_run_dir(config, out, resume, force, command)
+        runner.state = prepare_run_dir(config, out, resume, force, command, given)
         try:
             try:
                 return runner.run_loop()
