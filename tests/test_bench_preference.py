@@ -55,6 +55,24 @@ def test_every_method_is_a_valid_label_free_config(bench, tmp_path):
     assert len({j.fingerprint for j in jobs}) == len(jobs)
 
 
+def test_gold_twins_are_the_supervised_analogues_of_their_label_free_methods(bench, tmp_path):
+    args = _args(tmp_path, methods=["sft", "sc_dpo", "ttrl_grpo", *bench.GOLD_TWINS], seeds=[0])
+    by = {j.arm: j for j in bench.plan(args)}
+    from selfimprove.loop.config import load_config
+
+    for twin, method in bench.GOLD_TWINS.items():
+        lf, gold = (load_config(args.config, by[m].overrides) for m in (method, twin))
+        assert not lf.supervised and gold.supervised, twin
+        assert [r.name for r in gold.scoring.rewards] == ["gold_verifier"]
+        assert by[twin].overrides[: len(by[method].overrides)] == by[method].overrides  # same budget
+        assert gold.training.method == lf.training.method and by[twin].run_dir.name == twin
+    sft = load_config(args.config, by["sft_gold"].overrides)
+    assert sft.data.sft["select"] == "verifier" and sft.data.sft["verifier_key"] == "gold_verifier"
+    dpo = load_config(args.config, by["dpo_gold"].overrides)
+    assert dpo.data.dpo["strategy"] == "best_vs_worst" and dpo.data.dpo["score_key"] == "reward"
+    assert "SUPERVISED" in bench.describe("dpo_gold") and "SUPERVISED" not in bench.describe("sc_dpo")
+
+
 def _run(root: Path, method: str, seed: int, p1: list[float], logps: dict | None = None) -> None:
     d = root / "string_ops" / f"s{seed}" / method
     d.mkdir(parents=True)

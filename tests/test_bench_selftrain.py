@@ -143,6 +143,16 @@ def test_run_status(bench, tmp_path):
     assert bench.run_status(tmp_path, "abc") == "resume"  # no summary.json yet
     (tmp_path / "summary.json").write_text("{}")
     assert bench.run_status(tmp_path, "abc") == "done"
+    # With the rounds asked for: a finished run with fewer rounds is extended, unless its guard stopped it.
+    rounds = {"0": {"done": ["evaluate", "metrics"]}, "1": {"done": ["train", "evaluate", "metrics"]}}
+    (tmp_path / "state.json").write_text(
+        json.dumps({"fingerprint": "abc", "finished": True, "rounds": rounds})
+    )
+    assert bench.run_status(tmp_path, "abc", rounds=1) == "done"
+    assert bench.run_status(tmp_path, "abc", rounds=3) == "resume"
+    stopped = {"fingerprint": "abc", "finished": True, "rounds": rounds, "stopped": "collapse"}
+    (tmp_path / "state.json").write_text(json.dumps(stopped))
+    assert bench.run_status(tmp_path, "abc", rounds=3) == "done"
 
 
 def test_a_run_writes_its_own_log_and_outlives_a_killed_benchmark(bench, tmp_path):

@@ -332,7 +332,9 @@ def test_a_resume_with_other_task_or_reward_objects_is_refused(finished_run, tmp
     cfg = load_config(finished_run["cfg"])
     before = _hashes(run_dir)
     quiet = {"progress": False, "log": lambda m: None}
-    with pytest.raises(ConfigError, match=r"other objects than .*rewards: \['test_resume\._letters x 0\.5'\]"):
+    with pytest.raises(
+        ConfigError, match=r"other objects than .*rewards: \['test_resume\._letters x 0\.5'\]"
+    ):
         run(cfg, run_dir, resume=True, rewards=[(_letters, 0.5)], **quiet)
     assert _hashes(run_dir) == before
     run(cfg, run_dir, resume=True, force=True, rewards=[(_letters, 0.5)], **quiet)
