@@ -158,8 +158,27 @@ def plan(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+LAST_STEPS = 3  # the change of the log-probs at the end of a round: mean over its last logged steps
+
+
+def _beta(run_dir: Path) -> float:
+    """``training.trl.beta`` of the run (its config.yaml; DPO's default 0.1)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
+    return float(((cfg or {}).get("training") or {}).get("trl", {}).get("beta", 0.1))
+
+
 def logp_trend(run_dir: Path, rnd: int) -> dict[str, float]:
-    """Chosen/rejected log-probs at the first and last logged step of round ``rnd``'s DPO training."""
+    """How round ``rnd``'s DPO training moved the chosen and rejected log-probs.
+
+    ``<side>_first`` / ``<side>_last``: the summed log-prob under the policy, batch mean, at the
+    first and the last logged step (different batches, so their difference mixes the training
+    with the batches' content). ``<side>_delta``: log pi - log pi_ref on the same batch (TRL's
+    ``rewards/<side>`` over beta; the reference is the policy the round started from), mean of the
+    last ``LAST_STEPS`` steps: the change the round's training made, free of batch content.
+    """
     path = run_dir / f"round_{rnd:02d}" / "adapter" / "train_result.json"
     if not path.exists():
         return {}
@@ -169,6 +188,9 @@ def logp_trend(run_dir: Path, rnd: int) -> dict[str, float]:
         values = history.get(f"logps/{side}") or []
         if values:
             out[f"{side}_first"], out[f"{side}_last"] = float(values[0]), float(values[-1])
+        rewards = (history.get(f"rewards/{side}") or [])[-LAST_STEPS:]
+        if rewards:
+            out[f"{side}_delta"] = sum(rewards) / len(rewards) / _beta(run_dir)
     for key in ("loss/degree_paper", "degree_paper/accuracy", "d2o/positives"):
         if history.get(key):
             out[f"{key}_last"] = float(history[key][-1])
@@ -252,11 +274,15 @@ def task_section(recs: Sequence[Mapping[str, Any]], task: str, methods: Sequence
             )
     lines += [
         "",
-        f"Preference trainers: summed log-probability of the chosen and rejected responses under the "
-        f"policy at the first and the last training step of each round (mean over seeds; round {last} last).",
+        f"Preference trainers (mean over seeds; round {last} last): Δ chosen / Δ rejected = log π - log "
+        f"π_ref of the chosen / rejected responses on the same batch (π_ref: the policy the round started "
+        f"from), mean of the last {LAST_STEPS} steps: does the margin grow while the chosen log-prob "
+        "falls? first / last: the summed log-prob under the policy at the first and the last step "
+        "(other batches).",
         "",
-        "| method | round | chosen first | chosen last | rejected first | rejected last | margin first | margin last | extra |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | round | Δ chosen | Δ rejected | Δ margin | chosen first | chosen last | rejected first "
+        "| rejected last | extra |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         if method not in (*PREFERENCE, "dpo_gold"):
@@ -273,11 +299,9 @@ def task_section(recs: Sequence[Mapping[str, Any]], task: str, methods: Sequence
             def avg(key: str, lp: list = lp) -> float | None:
                 return mean_sd([x.get(key) for x in lp])[0]
 
+            deltas = [avg("chosen_delta"), avg("rejected_delta")]
+            deltas.append(None if None in deltas else deltas[0] - deltas[1])
             cells = [avg(k) for k in ("chosen_first", "chosen_last", "rejected_first", "rejected_last")]
-            margins = [
-                None if cells[0] is None or cells[2] is None else cells[0] - cells[2],
-                None if cells[1] is None or cells[3] is None else cells[1] - cells[3],
-            ]
             extra = "; ".join(
                 f"{k.removesuffix('_last')} {avg(k):.2f}"
                 for k in ("loss/degree_paper_last", "degree_paper/accuracy_last", "d2o/positives_last")
@@ -285,7 +309,9 @@ def task_section(recs: Sequence[Mapping[str, Any]], task: str, methods: Sequence
             )
             lines.append(
                 f"| {method} | {rnd} | "
-                + " | ".join("-" if v is None else f"{v:.2f}" for v in cells + margins)
+                + " | ".join("-" if v is None else f"{v:+.2f}" for v in deltas)
+                + " | "
+                + " | ".join("-" if v is None else f"{v:.2f}" for v in cells)
                 + f" | {extra} |"
             )
     return lines + [""]

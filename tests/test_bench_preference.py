@@ -88,7 +88,13 @@ def _run(root: Path, method: str, seed: int, p1: list[float], logps: dict | None
 
 
 def test_tables_from_run_folders(bench, tmp_path):
-    history = {"logps/chosen": [-10.0, -11.0, -12.0], "logps/rejected": [-20.0, -25.0, -30.0]}
+    history = {
+        "logps/chosen": [-10.0, -11.0, -12.0],
+        "logps/rejected": [-20.0, -25.0, -30.0],
+        # beta 0.1: log pi - log pi_ref of the last 3 steps average 0.3 (chosen), -1.0 (rejected)
+        "rewards/chosen": [0.0, 0.0, 0.02, 0.03, 0.04],
+        "rewards/rejected": [0.0, -0.1, -0.1, -0.1, -0.1],
+    }
     _run(tmp_path, "sc_dpo", 0, [0.5, 0.6], history)
     _run(tmp_path, "sc_dpo", 1, [0.4, 0.6], {**history, "logps/chosen": [-8.0, -9.0, -10.0]})
     _run(tmp_path, "ttrl_grpo", 0, [0.5, 0.55])
@@ -99,6 +105,6 @@ def test_tables_from_run_folders(bench, tmp_path):
     # Round 1 of sc_dpo: pass@1 60.0 ± 0.0, gain mean of +10 and +20 points, sd 7.1.
     assert "| sc_dpo | 1 | 2 | 60.0 ± 0.0 | 70.0 ± 0.0 | 90.0 ± 0.0 | 15.0 ± 7.1 |" in text
     assert "| ttrl_grpo | 1 | 1 | 55.0 | 65.0 | 90.0 | 5.0 |" in text
-    # Log-probs: chosen -9 -> -11 (mean of seeds), rejected -20 -> -30, margin 11 -> 19.
-    assert "| sc_dpo | 1 | -9.00 | -11.00 | -20.00 | -30.00 | 11.00 | 19.00 |  |" in text
+    # Same-batch change +0.30 / -1.00 (margin +1.30); first/last: chosen -9 -> -11 (mean of seeds), rejected -20 -> -30.
+    assert "| sc_dpo | 1 | +0.30 | -1.00 | +1.30 | -9.00 | -11.00 | -20.00 | -30.00 |  |" in text
     assert "| ttrl_grpo | 1 | -" not in text  # GRPO has no pairs
