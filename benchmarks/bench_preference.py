@@ -330,8 +330,9 @@ def render(recs: Sequence[Mapping[str, Any]], args: argparse.Namespace, meta: Ma
         f"{args.rounds} rounds, eval on {args.eval_size} held-out prompts x {args.n} samples; base config "
         f"`{args.config}` with the method's overrides (benchmarks/bench_preference.py, METHODS).",
         "- Values: percent, mean ± sd over the seeds that reached the round (`seeds` column); round 0 is the "
-        "base model. s/round: the sum of the round's stage times (round 0 includes engine start-up); "
-        "other jobs shared the two cores, so seconds compare only roughly.",
+        "base model. s/round: the sum of the round's stage times (round 0, and the first round of a run "
+        "that was extended with a later `--rounds`, include the engine's start-up); other jobs shared the "
+        "two cores, so seconds compare only roughly.",
         "",
     ]
     for task in args.families:
