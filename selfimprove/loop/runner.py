@@ -381,9 +381,9 @@ def run(
     check_run_dir(config, out, resume, force, given)
     runner = _Run(config, out, progress, logger, generator=generator, task=task, rewards=rewards)
     if generator is not None:
-        given = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
-        if given != Path(runner.model_path).resolve():
-            raise ConfigError(f"the generator serves {given}, but model.path resolves to {runner.model_path}")
+        served = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
+        if served != Path(runner.model_path).resolve():
+            raise ConfigError(f"the generator serves {served}, but model.path resolves to {runner.model_path}")
     for warning in runner.warnings:
         logger(f"WARNING: {warning}")
     record = StartRecord(out)
