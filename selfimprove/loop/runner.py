@@ -383,7 +383,9 @@ def run(
     if generator is not None:
         served = Path(str(getattr(generator, "model_dir", getattr(generator, "model", "")))).resolve()
         if served != Path(runner.model_path).resolve():
-            raise ConfigError(f"the generator serves {served}, but model.path resolves to {runner.model_path}")
+            raise ConfigError(
+                f"the generator serves {served}, but model.path resolves to {runner.model_path}"
+            )
     for warning in runner.warnings:
         logger(f"WARNING: {warning}")
     record = StartRecord(out)
