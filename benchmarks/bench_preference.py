@@ -184,13 +184,14 @@ def logp_trend(run_dir: Path, rnd: int) -> dict[str, float]:
         return {}
     history = json.loads(path.read_text()).get("history", {})
     out = {}
+    beta = _beta(run_dir) if history.get("rewards/chosen") else None
     for side in ("chosen", "rejected"):
         values = history.get(f"logps/{side}") or []
         if values:
             out[f"{side}_first"], out[f"{side}_last"] = float(values[0]), float(values[-1])
         rewards = (history.get(f"rewards/{side}") or [])[-LAST_STEPS:]
-        if rewards:
-            out[f"{side}_delta"] = sum(rewards) / len(rewards) / _beta(run_dir)
+        if rewards and beta:
+            out[f"{side}_delta"] = sum(rewards) / len(rewards) / beta
     for key in ("loss/degree_paper", "degree_paper/accuracy", "d2o/positives"):
         if history.get(key):
             out[f"{key}_last"] = float(history[key][-1])

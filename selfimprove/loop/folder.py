@@ -182,13 +182,12 @@ def check_run_dir_contents(
                 f"(hash {fingerprint} vs {state.data.get('fingerprint')}); compare with "
                 f"{run_dir / 'config.yaml'}; pass --force to resume with the new config anyway"
             )
-        recorded = state.data.get("given", {})
-        if recorded != dict(given or {}) and not force:
-            changed = sorted(set(recorded) | set(given or {}))
+        recorded, now = state.data.get("given", {}), dict(given or {})
+        if recorded != now and not force:
             detail = "; ".join(
-                f"{k}: {(given or {}).get(k, 'none (config keys)')} vs {recorded.get(k, 'none (config keys)')}"
-                for k in changed
-                if (given or {}).get(k) != recorded.get(k)
+                f"{k}: {now.get(k, 'none (config keys)')} vs {recorded.get(k, 'none (config keys)')}"
+                for k in sorted(set(recorded) | set(now))
+                if now.get(k) != recorded.get(k)
             )
             raise ConfigError(
                 f"run() was given other objects than the ones {run_dir} was started with ({detail}; "
